@@ -1,0 +1,74 @@
+"""The `ktrdr` command: one click group per resource, errors mapped to exit codes in one place.
+
+Exit codes scripts can rely on:
+    0  success (for --follow: the cycle completed)
+    1  the cycle ended failed or cancelled (--follow), or a refused trigger
+    2  bad usage or bad input (unknown strategy, invalid file, unknown operation id)
+    3  a service is unreachable (Redis, the training API)
+    4  configuration error
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ktrdr_tasks.errors import (
+    ConfigurationError,
+    KtrdrTasksError,
+    OperationStateError,
+    StoreUnavailableError,
+    StrategyError,
+    TransientApiError,
+)
+
+EXIT_OK = 0
+EXIT_CYCLE_NOT_COMPLETED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
+EXIT_CONFIG = 4
+
+
+def exit_code_for(error: KtrdrTasksError) -> int:
+    """The one mapping from the exception tree to process exit codes."""
+    if isinstance(error, ConfigurationError):
+        return EXIT_CONFIG
+    if isinstance(error, StoreUnavailableError | TransientApiError):
+        return EXIT_UNAVAILABLE
+    if isinstance(error, StrategyError | OperationStateError):
+        return EXIT_BAD_INPUT
+    return EXIT_BAD_INPUT
+
+
+@click.group()
+def cli() -> None:
+    """ktrdr-tasks: design, train and judge trading strategies as Celery research cycles."""
+
+
+def _register() -> None:
+    from ktrdr_tasks.cli.agent import agent, operations
+    from ktrdr_tasks.cli.strategy import strategy
+
+    cli.add_command(agent)
+    cli.add_command(operations)
+    cli.add_command(strategy)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: run the group and turn our errors into one line and an exit code."""
+    _register()
+    try:
+        code = cli.main(args=argv, prog_name="ktrdr", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_BAD_INPUT)
+    except KtrdrTasksError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exit_code_for(exc))
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

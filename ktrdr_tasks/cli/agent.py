@@ -1,0 +1,162 @@
+"""`ktrdr agent ...` and `ktrdr operations ...`: trigger, watch, cancel and list research cycles."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from ktrdr_tasks import workflow
+from ktrdr_tasks.cli.follow import follow_operation, one_line
+
+EXIT_REFUSED = 1
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, default=str))
+
+
+@click.group()
+def agent() -> None:
+    """Research cycles: trigger, follow, cancel, list."""
+
+
+@agent.command("trigger")
+@click.option("--strategy", help="Research this existing strategy instead of designing one.")
+@click.option("--bypass-gates", is_flag=True, help="Record gate verdicts but never stop on them.")
+@click.option("--follow", is_flag=True, help="Watch the cycle live until it ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def trigger_command(
+    ctx: click.Context, strategy: str | None, bypass_gates: bool, follow: bool, as_json: bool
+) -> None:
+    """Start a research cycle (design -> train -> gate)."""
+    result = workflow.trigger(strategy=strategy, bypass_gates=bypass_gates)
+    if as_json:
+        _print_json(result.model_dump(exclude_none=True))
+    else:
+        click.echo(result.message)
+    if not result.triggered:
+        ctx.exit(EXIT_REFUSED)
+    if follow and result.operation_id:
+        ctx.exit(follow_operation(result.operation_id, as_json=as_json))
+
+
+@agent.command("status")
+@click.argument("operation_id", required=False)
+@click.option("--follow", is_flag=True, help="Watch the cycle live until it ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def status_command(
+    ctx: click.Context, operation_id: str | None, follow: bool, as_json: bool
+) -> None:
+    """Show one cycle, or the active ones (idle: the last cycle)."""
+    if follow:
+        target = operation_id or _single_active_id()
+        ctx.exit(follow_operation(target, as_json=as_json))
+    answer = workflow.status(operation_id)
+    if as_json:
+        _print_json(answer)
+    elif operation_id:
+        click.echo(one_line(answer))
+    elif answer["status"] == "idle":
+        last = answer["last_cycle"]
+        click.echo(
+            "idle; last cycle: "
+            + (
+                f"{last['operation_id']} {last['outcome']} ({last['strategy_name']})"
+                if last
+                else "none"
+            )
+        )
+    else:
+        for operation in answer["operations"]:
+            click.echo(one_line(operation))
+
+
+def _single_active_id() -> str:
+    answer = workflow.status()
+    if answer["status"] == "idle":
+        raise click.UsageError("no active cycle to follow; give an OPERATION_ID")
+    return answer["operations"][0]["operation_id"]
+
+
+@agent.command("cancel")
+@click.argument("operation_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def cancel_command(operation_id: str, as_json: bool) -> None:
+    """Cancel a cycle and its remote training job."""
+    answer = workflow.cancel(operation_id)
+    if as_json:
+        _print_json(answer)
+        return
+    remote = answer.get("cancelled_training_operation_id")
+    click.echo(
+        f"cancelled {operation_id}"
+        + (f"; remote training {remote} cancel requested" if remote else "")
+    )
+
+
+@agent.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--status", "status_filter", help="Only cycles with this status.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def list_command(limit: int, status_filter: str | None, as_json: bool) -> None:
+    """Recent cycles, newest first."""
+    operations = workflow.list_operations(limit, status_filter)
+    if as_json:
+        _print_json({"operations": operations, "count": len(operations)})
+        return
+    if not operations:
+        click.echo("no cycles yet")
+    for operation in operations:
+        click.echo(one_line(operation))
+
+
+@agent.command("history")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def history_command(limit: int, as_json: bool) -> None:
+    """Finished cycles: strategy, verdict, accuracy, loss."""
+    rows = workflow.history(limit)
+    if as_json:
+        _print_json({"history": rows, "count": len(rows)})
+        return
+    if not rows:
+        click.echo("no finished cycles yet")
+    for row in rows:
+        accuracy = row.get("test_accuracy")
+        loss = row.get("test_loss")
+        click.echo(
+            f"{row.get('finished_at') or '':24} {row.get('verdict') or '':12} "
+            f"{row.get('strategy_name') or '-':45} "
+            f"acc={'-' if accuracy is None else f'{accuracy:.3f}'} "
+            f"loss={'-' if loss is None else f'{loss:.3f}'}"
+        )
+
+
+@click.group()
+def operations() -> None:
+    """Operations as ktrdr names them."""
+
+
+@operations.command("status")
+@click.argument("operation_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def operations_status(operation_id: str, as_json: bool) -> None:
+    """Show one operation as stored."""
+    answer = workflow.status(operation_id)
+    if as_json:
+        _print_json(answer)
+        return
+    click.echo(one_line(answer))
+    meta = answer.get("metadata") or {}
+    for key in ("strategy_name", "strategy_path", "training_operation_id", "model_path"):
+        if meta.get(key):
+            click.echo(f"  {key}: {meta[key]}")
+    gate = meta.get("gate")
+    if gate:
+        click.echo(f"  gate: {gate.get('outcome')} {'; '.join(gate.get('reasons') or [])}")
+    if answer.get("error_message"):
+        click.echo(f"  error: {answer['error_message']}")

@@ -1,0 +1,73 @@
+"""The reconciler: find active cycles no worker has touched for a while; resume or fail them.
+
+Runs under Celery beat (`ktrdr.reconcile`). A healthy cycle writes its heartbeat on every
+step and every poll, so only a cycle whose messages were lost (worker killed and its held
+messages not yet restored, Redis restarted without its queue, a revoke that outlived its
+reason) goes stale. Such a cycle is resumed from its recorded step with fresh task ids (the
+lease and the step counter keep a late original from running twice); one that stays stale
+past `KTRDR_LOST_AFTER_S`, or was resumed too often, is failed and its remote job cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ktrdr_tasks.cycle import Step
+from ktrdr_tasks.models import Operation, parse_iso
+from ktrdr_tasks.settings import Settings
+from ktrdr_tasks.store import Store
+
+log = logging.getLogger("ktrdr_tasks.reconciler")
+
+MAX_RESUMES = 3
+
+
+def heartbeat_age(operation: Operation, now: float) -> float:
+    stamp = operation.heartbeat_at or operation.created_at
+    return now - parse_iso(stamp).timestamp()
+
+
+def resume_step(operation: Operation) -> Step:
+    """Where to pick up: the recorded step, redone idempotently (design if none ran)."""
+    if operation.step < Step.DESIGN:
+        return Step.DESIGN
+    return Step(min(operation.step, Step.ASSESS))
+
+
+def reconcile_cycles(store: Store, settings: Settings, now: float) -> dict[str, list[str]]:
+    from ktrdr_tasks import cycle
+    from ktrdr_tasks.tasks import request_remote_cancel
+    from ktrdr_tasks.workflow import chain_task_ids, research_chain
+
+    report: dict[str, list[str]] = {"resumed": [], "failed": []}
+    for operation in store.active_operations():
+        age = heartbeat_age(operation, now)
+        if age < settings.resume_after_s:
+            continue
+        op_id = operation.operation_id
+        resumes = int(operation.metadata.get("resume_count") or 0)
+        if age >= settings.lost_after_s or resumes >= MAX_RESUMES:
+            message = (
+                f"cycle lost: no worker progressed it since {operation.heartbeat_at} "
+                f"({age:.0f} s, {resumes} resumes); check that workers are running "
+                "(celery -A ktrdr_tasks worker)"
+            )
+            if cycle.fail_cycle(store, op_id, message):
+                report["failed"].append(op_id)
+                log.warning("%s %s", op_id, message)
+                if operation.training_operation_id:
+                    request_remote_cancel(operation.training_operation_id, message)
+            continue
+
+        step = resume_step(operation)
+        ids = chain_task_ids(step)
+        changes: dict[str, Any] = {"resume_count": resumes + 1, "resumed_from_step": step.name}
+        if Step.POLL_TRAINING in ids:
+            changes["poll_task_id"] = ids[Step.POLL_TRAINING]
+        if not store.update(op_id, metadata=changes, task_ids=[*operation.task_ids, *ids.values()]):
+            continue
+        research_chain(op_id, ids).apply_async()
+        report["resumed"].append(op_id)
+        log.warning("%s stale for %.0f s: resumed at %s", op_id, age, step.name)
+    return report

@@ -1,0 +1,146 @@
+"""One `Settings` read from the environment; every process (CLI, worker, beat) reads the same.
+
+Names follow DESIGN section 6. A ktrdr deployment's own names (`TRAINING_GATE_MIN_ACCURACY`,
+`AGENT_TRAINING_START_DATE`, ...) are accepted as aliases so an existing `.env` keeps working.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ktrdr_tasks.errors import ConfigurationError
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Configuration of the chain, its workers and its CLI. The README's table documents each."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field("redis://localhost:6379/0", validation_alias=_env("REDIS_URL"))
+    api_url: str = Field("http://localhost:8000", validation_alias=_env("KTRDR_API_URL"))
+    api_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("KTRDR_API_TIMEOUT_S"))
+    strategies_dir: Path = Field(Path("strategies"), validation_alias=_env("KTRDR_STRATEGIES_DIR"))
+    models_dir: Path = Field(Path("models"), validation_alias=_env("KTRDR_MODELS_DIR"))
+
+    poll_interval_s: float = Field(5.0, ge=0, validation_alias=_env("KTRDR_POLL_INTERVAL_S"))
+    training_timeout_s: float = Field(
+        1800.0, gt=0, validation_alias=_env("KTRDR_TRAINING_TIMEOUT_S")
+    )
+    poll_max_errors: int = Field(10, ge=1, validation_alias=_env("KTRDR_POLL_MAX_ERRORS"))
+    max_active_cycles: int = Field(1, ge=1, validation_alias=_env("KTRDR_MAX_ACTIVE_CYCLES"))
+    retention_days: float = Field(30.0, gt=0, validation_alias=_env("KTRDR_RETENTION_DAYS"))
+
+    resume_after_s: float = Field(60.0, gt=0, validation_alias=_env("KTRDR_RESUME_AFTER_S"))
+    lost_after_s: float = Field(600.0, gt=0, validation_alias=_env("KTRDR_LOST_AFTER_S"))
+    visibility_timeout_s: float = Field(
+        30.0, gt=0, validation_alias=_env("KTRDR_VISIBILITY_TIMEOUT_S")
+    )
+    reconcile_interval_s: float = Field(
+        15.0, gt=0, validation_alias=_env("KTRDR_RECONCILE_INTERVAL_S")
+    )
+
+    training_start_date: str | None = Field(
+        None, validation_alias=_env("KTRDR_TRAINING_START_DATE", "AGENT_TRAINING_START_DATE")
+    )
+    training_end_date: str | None = Field(
+        None, validation_alias=_env("KTRDR_TRAINING_END_DATE", "AGENT_TRAINING_END_DATE")
+    )
+
+    gate_min_accuracy: float = Field(
+        0.45, validation_alias=_env("KTRDR_GATE_MIN_ACCURACY", "TRAINING_GATE_MIN_ACCURACY")
+    )
+    gate_max_loss: float = Field(
+        0.8, validation_alias=_env("KTRDR_GATE_MAX_LOSS", "TRAINING_GATE_MAX_LOSS")
+    )
+    gate_min_loss_decrease: float = Field(
+        0.2,
+        validation_alias=_env("KTRDR_GATE_MIN_LOSS_DECREASE", "TRAINING_GATE_MIN_LOSS_DECREASE"),
+    )
+    gate_min_win_rate: float = Field(
+        0.45, validation_alias=_env("KTRDR_GATE_MIN_WIN_RATE", "BACKTEST_GATE_MIN_WIN_RATE")
+    )
+    gate_max_drawdown: float = Field(
+        0.4, validation_alias=_env("KTRDR_GATE_MAX_DRAWDOWN", "BACKTEST_GATE_MAX_DRAWDOWN")
+    )
+    gate_min_sharpe: float = Field(
+        -0.5, validation_alias=_env("KTRDR_GATE_MIN_SHARPE", "BACKTEST_GATE_MIN_SHARPE")
+    )
+
+    designer: Literal["builtin", "anthropic"] = Field(
+        "builtin", validation_alias=_env("KTRDR_DESIGNER")
+    )
+    # Empty means "whatever the reference training host ships" (ktrdr_tasks.datasets).
+    design_symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("KTRDR_DESIGN_SYMBOLS")
+    )
+    design_timeframes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("KTRDR_DESIGN_TIMEFRAMES")
+    )
+    anthropic_api_key: str | None = Field(None, validation_alias=_env("ANTHROPIC_API_KEY"))
+    anthropic_base_url: str = Field(
+        "https://api.anthropic.com", validation_alias=_env("ANTHROPIC_BASE_URL")
+    )
+    anthropic_model: str = Field(
+        "claude-sonnet-4-5", validation_alias=_env("KTRDR_ANTHROPIC_MODEL")
+    )
+    anthropic_timeout_s: float = Field(
+        120.0, gt=0, validation_alias=_env("KTRDR_ANTHROPIC_TIMEOUT_S")
+    )
+
+    log_level: str = Field("INFO", validation_alias=_env("KTRDR_LOG_LEVEL"))
+
+    @field_validator("design_symbols", "design_timeframes", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("training_start_date", "training_end_date", mode="before")
+    @classmethod
+    def _iso_date(cls, value: object) -> object:
+        if value in (None, ""):
+            return None
+        text = str(value)
+        if not _DATE.match(text):
+            raise ValueError(f"expected a date as YYYY-MM-DD, got {text!r}")
+        return text
+
+    @model_validator(mode="after")
+    def _poll_fits_visibility(self) -> Settings:
+        # A countdown longer than the visibility timeout is redelivered while it still waits
+        # in a worker: every poll would then run twice (DESIGN section 4).
+        if self.poll_interval_s >= self.visibility_timeout_s:
+            raise ValueError(
+                f"KTRDR_POLL_INTERVAL_S ({self.poll_interval_s}) must be shorter than "
+                f"KTRDR_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s})"
+            )
+        return self
+
+    def safe_redis_url(self) -> str:
+        """The Redis URL with any password masked, for logs and messages."""
+        return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", self.redis_url)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once; tests call `get_settings.cache_clear()`."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from exc

@@ -1,0 +1,475 @@
+"""The only module that talks to Redis: operation records, their indexes, leases and history.
+
+Each operation is a hash. Scalar fields are stored as text; structured ones (`progress`,
+`task_ids`, `result_summary`) as JSON; every metadata key is its own `m.<key>` field holding
+JSON, so two writers updating different metadata keys never lose each other's writes.
+Every write that can race (create under the active limit, status changes, progress) is one
+Lua script, so Redis itself serialises the check and the write:
+
+    CREATE   KEYS active, op, index       ARGV limit, op_id, created_ts, field/value...
+             -> {1} created | {0, active ids...} refused
+    UPDATE   KEYS op, active              ARGV expected statuses ("" = any active), new status
+                                               ("" = unchanged), progress pct ("" = none),
+                                               progress json, retention s, step ("" = none),
+                                               field/value...
+             -> {1, status} applied | {0, current status, "" or "stale"} refused
+             Terminal statuses are final; progress is written only when it does not go back;
+             the step (position in the chain) only moves forward, so a stale duplicate of an
+             earlier task learns that the chain has moved on and stops.
+
+Keys live in the functions below, never in f-strings at call sites.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ktrdr_tasks.errors import OperationStateError, StoreUnavailableError
+from ktrdr_tasks.history import history_entry
+from ktrdr_tasks.models import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    Operation,
+    OperationStatus,
+    Phase,
+    Progress,
+    iso,
+    utc_now,
+)
+
+PREFIX = "ktrdr"
+HISTORY_LIMIT = 500
+
+
+def operation_key(operation_id: str) -> str:
+    return f"{PREFIX}:op:{operation_id}"
+
+
+def active_key() -> str:
+    return f"{PREFIX}:ops:active"
+
+
+def index_key() -> str:
+    return f"{PREFIX}:ops:index"
+
+
+def history_key() -> str:
+    return f"{PREFIX}:history"
+
+
+def lease_key(operation_id: str, phase: str) -> str:
+    return f"{PREFIX}:lease:{operation_id}:{phase}"
+
+
+_LUA_HELPERS = """
+local function is_terminal(s)
+  return s == 'completed' or s == 'failed' or s == 'cancelled'
+end
+"""
+
+_CREATE = (
+    _LUA_HELPERS
+    + """
+-- Drop members whose record expired or ended, so a lost write can never block triggers.
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local s = redis.call('HGET', 'ktrdr:op:' .. id, 'status')
+  if (not s) or is_terminal(s) then redis.call('SREM', KEYS[1], id) end
+end
+local limit = tonumber(ARGV[1])
+if redis.call('SCARD', KEYS[1]) >= limit then
+  local result = {0}
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do table.insert(result, id) end
+  return result
+end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+return {1}
+"""
+)
+
+_UPDATE = (
+    _LUA_HELPERS
+    + """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return {0, ''} end
+if is_terminal(current) then return {0, current} end
+local expected = ARGV[1]
+if expected ~= '' and not string.find(',' .. expected .. ',', ',' .. current .. ',', 1, true) then
+  return {0, current}
+end
+if ARGV[6] ~= '' then
+  local step = tonumber(redis.call('HGET', KEYS[1], 'step') or '0')
+  if step > tonumber(ARGV[6]) then return {0, 'stale'} end
+  redis.call('HSET', KEYS[1], 'step', ARGV[6])
+end
+if ARGV[3] ~= '' then
+  local before = tonumber(redis.call('HGET', KEYS[1], 'progress_pct') or '0')
+  if tonumber(ARGV[3]) >= before then
+    redis.call('HSET', KEYS[1], 'progress_pct', ARGV[3], 'progress', ARGV[4])
+  end
+end
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local status = current
+if ARGV[2] ~= '' then
+  status = ARGV[2]
+  redis.call('HSET', KEYS[1], 'status', status)
+  if is_terminal(status) then
+    redis.call('SREM', KEYS[2], string.match(KEYS[1], '^ktrdr:op:(.*)$'))
+    redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+  end
+end
+return {1, status}
+"""
+)
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_JSON_FIELDS = ("progress", "task_ids", "result_summary")
+_TEXT_FIELDS = (
+    "operation_id",
+    "operation_type",
+    "status",
+    "phase",
+    "step",
+    "error_message",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "heartbeat_at",
+)
+_METADATA_PREFIX = "m."
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _redis_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn a connection failure into an error that names the (password-masked) URL."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            store = args[0]
+            url = getattr(store, "safe_url", "redis")
+            raise StoreUnavailableError(
+                f"cannot reach Redis at {url}: {exc}. Is redis-server running (REDIS_URL)?"
+            ) from exc
+
+    return wrapper
+
+
+def _encode_fields(values: Mapping[str, Any]) -> list[str]:
+    flat: list[str] = []
+    for name, value in values.items():
+        if value is None and name in _TEXT_FIELDS:
+            continue
+        if name in _JSON_FIELDS or name.startswith(_METADATA_PREFIX):
+            encoded = json.dumps(value, default=str)
+        else:
+            encoded = str(value)
+        flat.extend((name, encoded))
+    return flat
+
+
+def _metadata_fields(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{_METADATA_PREFIX}{key}": value for key, value in metadata.items()}
+
+
+def _decode_operation(raw: Mapping[str, str]) -> Operation:
+    record: dict[str, Any] = {"metadata": {}}
+    for name, text in raw.items():
+        if name.startswith(_METADATA_PREFIX):
+            record["metadata"][name[len(_METADATA_PREFIX) :]] = json.loads(text)
+        elif name in _JSON_FIELDS:
+            record[name] = json.loads(text)
+        elif name in _TEXT_FIELDS:
+            record[name] = text
+    return Operation.model_validate(record)
+
+
+class Store:
+    """Operation state in Redis; safe to share between threads, create one per process."""
+
+    def __init__(self, client: redis.Redis, retention_s: float, safe_url: str = "redis") -> None:
+        self.redis = client
+        self.retention_s = int(retention_s)
+        self.safe_url = safe_url
+        self._create = client.register_script(_CREATE)
+        self._update = client.register_script(_UPDATE)
+        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+
+    @classmethod
+    def from_url(cls, url: str, retention_s: float, safe_url: str | None = None) -> Store:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            health_check_interval=30,
+        )
+        return cls(client, retention_s, safe_url or url)
+
+    @_redis_errors
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    # -- create and read ---------------------------------------------------------------
+
+    @_redis_errors
+    def create_operation(self, operation: Operation, limit: int) -> list[str]:
+        """Store a new pending operation unless `limit` cycles are active.
+
+        Returns [] when created, else the ids of the active cycles that stand in the way.
+        """
+        fields = operation.model_dump(exclude={"metadata"}, mode="json")
+        fields.update(_metadata_fields(operation.metadata))
+        fields["progress_pct"] = operation.progress.percentage
+        created_ts = time.time()
+        answer = self._create(
+            keys=[active_key(), operation_key(operation.operation_id), index_key()],
+            args=[limit, operation.operation_id, created_ts, *_encode_fields(fields)],
+        )
+        if int(answer[0]) == 1:
+            return []
+        return [str(op_id) for op_id in answer[1:]]
+
+    @_redis_errors
+    def find(self, operation_id: str) -> Operation | None:
+        raw = self.redis.hgetall(operation_key(operation_id))
+        return _decode_operation(raw) if raw else None
+
+    def get(self, operation_id: str) -> Operation:
+        operation = self.find(operation_id)
+        if operation is None:
+            raise OperationStateError(
+                f"unknown operation {operation_id!r} (it never existed or its record expired)"
+            )
+        return operation
+
+    @_redis_errors
+    def active_ids(self) -> list[str]:
+        return sorted(self.redis.smembers(active_key()))
+
+    def active_operations(self) -> list[Operation]:
+        found = (self.find(op_id) for op_id in self.active_ids())
+        return [op for op in found if op is not None and op.status in ACTIVE_STATUSES]
+
+    @_redis_errors
+    def list_operations(
+        self, limit: int = 20, status: OperationStatus | None = None
+    ) -> list[Operation]:
+        """Newest first; ids whose record expired are pruned from the index on the way."""
+        operations: list[Operation] = []
+        start = 0
+        batch = max(limit, 50)
+        while len(operations) < limit:
+            ids = self.redis.zrevrange(index_key(), start, start + batch - 1)
+            if not ids:
+                break
+            start += batch
+            pipe = self.redis.pipeline(transaction=False)
+            for op_id in ids:
+                pipe.hgetall(operation_key(op_id))
+            for op_id, raw in zip(ids, pipe.execute(), strict=True):
+                if not raw:
+                    self.redis.zrem(index_key(), op_id)
+                    start -= 1
+                    continue
+                operation = _decode_operation(raw)
+                if status is None or operation.status == status:
+                    operations.append(operation)
+        return operations[:limit]
+
+    # -- transitions -------------------------------------------------------------------
+
+    def update(self, operation_id: str, **changes: Any) -> bool:
+        """Apply a change atomically if the operation is active (and in `expect`, if given).
+
+        Returns False when the operation ended, is missing, or is not in an expected status:
+        the caller lost a race and must not act on the change.
+        """
+        return self.apply(operation_id, **changes)[0]
+
+    def enter_step(
+        self, operation_id: str, step: int, phase: Phase, progress: Progress | None = None
+    ) -> str:
+        """Mark the cycle as running step `step`: "ok", "stale" (the chain moved past it)
+        or "ended" (final status or unknown)."""
+        applied, current = self.apply(
+            operation_id,
+            step=step,
+            phase=phase,
+            progress=progress,
+            status=OperationStatus.RUNNING,
+        )
+        if applied:
+            return "ok"
+        return "stale" if current == "stale" else "ended"
+
+    @_redis_errors
+    def apply(
+        self,
+        operation_id: str,
+        *,
+        expect: Iterable[OperationStatus] | None = None,
+        status: OperationStatus | None = None,
+        phase: Phase | None = None,
+        progress: Progress | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        step: int | None = None,
+        **fields: Any,
+    ) -> tuple[bool, str]:
+        """The atomic update behind `update` and `enter_step`: (applied, status or refusal)."""
+        now = iso(utc_now())
+        values: dict[str, Any] = {"heartbeat_at": now, **fields}
+        if phase is not None:
+            values["phase"] = phase.value
+        if status is not None and status in TERMINAL_STATUSES:
+            values.setdefault("completed_at", now)
+        if status is OperationStatus.RUNNING:
+            values.setdefault("started_at", now)
+        values.update(_metadata_fields(metadata or {}))
+        expected = ",".join(sorted(s.value for s in (expect or ACTIVE_STATUSES)))
+        answer = self._update(
+            keys=[operation_key(operation_id), active_key()],
+            args=[
+                expected,
+                status.value if status else "",
+                f"{progress.percentage:.6f}" if progress else "",
+                progress.model_dump_json() if progress else "",
+                self.retention_s,
+                "" if step is None else int(step),
+                *_encode_fields(values),
+            ],
+        )
+        return int(answer[0]) == 1, str(answer[1])
+
+    def finish(
+        self,
+        operation_id: str,
+        status: OperationStatus,
+        *,
+        error_message: str | None = None,
+        result_summary: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        phase: Phase | None = None,
+    ) -> bool:
+        """Move an active operation to a final status; False if it had already ended."""
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"{status} is not a final status")
+        # Only the writer that wins the final compare-and-set records the cycle's history.
+        extra: dict[str, Any] = {}
+        if error_message is not None:
+            extra["error_message"] = error_message
+        if result_summary is not None:
+            extra["result_summary"] = result_summary
+        won = self.update(
+            operation_id,
+            status=status,
+            progress=progress,
+            metadata=metadata,
+            phase=phase,
+            **extra,
+        )
+        if won:
+            self.record_history(history_entry(self.get(operation_id)))
+        return won
+
+    def cancel(self, operation_id: str, reason: str = "cancelled by user") -> Operation:
+        """Cancel an active operation; returns the record as it stood after the cancel.
+
+        The record read afterwards carries the training operation id if `start_training`
+        stored it before our compare-and-set: either we see it, or the starter sees us.
+        """
+        if not self.finish(operation_id, OperationStatus.CANCELLED, error_message=reason):
+            current = self.get(operation_id)
+            raise OperationStateError(
+                f"operation {operation_id} already ended ({current.status.value}); "
+                "nothing to cancel"
+            )
+        return self.get(operation_id)
+
+    # -- leases: one live run per cycle and phase --------------------------------------
+
+    @_redis_errors
+    def acquire_lease(self, operation_id: str, phase: str, token: str, ttl_s: float) -> bool:
+        key = lease_key(operation_id, phase)
+        if self.redis.set(key, token, nx=True, px=int(ttl_s * 1000)):
+            return True
+        # The same run re-entering (e.g. a retry of this very message) keeps its lease.
+        return bool(self._renew(keys=[key], args=[token, int(ttl_s * 1000)]))
+
+    @_redis_errors
+    def renew_lease(self, operation_id: str, phase: str, token: str, ttl_s: float) -> bool:
+        return bool(
+            self._renew(keys=[lease_key(operation_id, phase)], args=[token, int(ttl_s * 1000)])
+        )
+
+    @_redis_errors
+    def release_lease(self, operation_id: str, phase: str, token: str) -> None:
+        self._release(keys=[lease_key(operation_id, phase)], args=[token])
+
+    # -- history of finished cycles ----------------------------------------------------
+
+    @_redis_errors
+    def record_history(self, entry: Mapping[str, Any]) -> None:
+        pipe = self.redis.pipeline()
+        pipe.lpush(history_key(), json.dumps(dict(entry), default=str))
+        pipe.ltrim(history_key(), 0, HISTORY_LIMIT - 1)
+        pipe.execute()
+
+    @_redis_errors
+    def recent_history(self, limit: int = 50) -> list[dict[str, Any]]:
+        return [json.loads(row) for row in self.redis.lrange(history_key(), 0, limit - 1)]
+
+
+_process_store: tuple[int, Store] | None = None
+
+
+def get_store() -> Store:
+    """This process's store, created on first use.
+
+    Created lazily and re-created after a fork: a Redis connection pool inherited by a
+    forked Celery pool process would share sockets with its parent.
+    """
+    global _process_store
+    from ktrdr_tasks.settings import get_settings
+
+    pid = os.getpid()
+    if _process_store is None or _process_store[0] != pid:
+        settings = get_settings()
+        store = Store.from_url(
+            settings.redis_url, settings.retention_days * 86400, settings.safe_redis_url()
+        )
+        _process_store = (pid, store)
+    return _process_store[1]
+
+
+def reset_store() -> None:
+    """Forget the process store (tests change REDIS_URL between cases)."""
+    global _process_store
+    _process_store = None

@@ -1,0 +1,300 @@
+"""The Celery tasks: a thin shell around `cycle.py`, one decorator holding the shared rules.
+
+Every step task takes only the operation id (all state is in Redis, so any worker can re-run
+it) and goes through `_run_step`, which:
+1. takes the lease for (cycle, step), so redelivery, resume and retry never run one step twice
+   at once; a run that finds the lease held exits quietly;
+2. enters the step atomically: a cycle that ended, or whose chain already moved past this
+   step, stops here without side effects (the record, not Celery's revoke list, is the truth);
+3. calls the step's function and maps its outcome: reschedule (poll, transient errors),
+   stop quietly (cancelled elsewhere), or fail the cycle with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore, Retry
+from celery.signals import task_revoked
+
+from ktrdr_tasks import cycle
+from ktrdr_tasks.app import app
+from ktrdr_tasks.cycle import CycleFailed, CycleStopped, Step
+from ktrdr_tasks.errors import KtrdrTasksError, TransientApiError
+from ktrdr_tasks.models import Operation, OperationStatus
+from ktrdr_tasks.settings import Settings, get_settings
+from ktrdr_tasks.store import Store, get_store
+from ktrdr_tasks.training_api import TrainingApiClient, get_client
+
+log = logging.getLogger("ktrdr_tasks.tasks")
+
+LEASE_TTL_S = 30.0
+CANCEL_MAX_RETRIES = 120
+
+STEP_TASK_NAMES = {
+    Step.DESIGN: "ktrdr.design",
+    Step.LOAD_TRAINING_PARAMS: "ktrdr.load_training_params",
+    Step.START_TRAINING: "ktrdr.start_training",
+    Step.POLL_TRAINING: "ktrdr.poll_training",
+    Step.TRAINING_GATE: "ktrdr.training_gate",
+    Step.BACKTEST: "ktrdr.backtest",
+    Step.ASSESS: "ktrdr.assess",
+}
+PHASE_LABELS = {
+    Step.DESIGN: "design",
+    Step.LOAD_TRAINING_PARAMS: "loading training parameters",
+    Step.START_TRAINING: "starting training",
+    Step.POLL_TRAINING: "training",
+    Step.TRAINING_GATE: "training gate",
+    Step.BACKTEST: "backtest",
+    Step.ASSESS: "assessment",
+}
+
+
+@dataclass(frozen=True)
+class Reschedule:
+    """Run this step again after `countdown` seconds (a poll still waiting, a transient error)."""
+
+    countdown: float
+
+
+@dataclass(frozen=True)
+class StepContext:
+    task: Task
+    store: Store
+    settings: Settings
+    operation: Operation
+    renew_lease: Callable[[], None]
+
+    @property
+    def client(self) -> TrainingApiClient:
+        return get_client()
+
+
+StepBody = Callable[[StepContext], Any]
+
+
+def _run_step(task: Task, operation_id: str, step: Step, body: StepBody) -> Any:
+    store, settings = get_store(), get_settings()
+    token = f"{task.request.id}:{uuid.uuid4().hex}"
+    lease = step.name
+    if not store.acquire_lease(operation_id, lease, token, LEASE_TTL_S):
+        log.info("%s %s: another live run holds this step; exiting", operation_id, step.name)
+        raise Ignore()
+    outcome: Any = None
+    try:
+        entered = store.enter_step(operation_id, step, cycle.STEP_PHASES[step])
+        if entered != "ok":
+            log.info("%s %s skipped: cycle %s", operation_id, step.name, entered)
+            _cancel_if_cancelled(store, operation_id)
+            raise Ignore()
+        if step is not Step.POLL_TRAINING:
+            log.info("%s phase: %s", operation_id, PHASE_LABELS[step])
+        context = StepContext(
+            task,
+            store,
+            settings,
+            store.get(operation_id),
+            lambda: store.renew_lease(operation_id, lease, token, LEASE_TTL_S),
+        )
+        outcome = body(context)
+    except (Ignore, Retry):
+        raise
+    except CycleStopped as stopped:
+        log.info("%s %s stopped: %s", operation_id, step.name, stopped)
+        raise Ignore() from None
+    except CycleFailed:
+        _log_failure(store, operation_id)
+        raise Ignore() from None
+    except TransientApiError as exc:
+        outcome = _transient_outcome(store, settings, operation_id, step, exc)
+    except KtrdrTasksError as exc:
+        _fail(store, operation_id, f"{PHASE_LABELS[step]} failed: {exc}")
+        raise Ignore() from None
+    except Exception as exc:
+        log.exception("%s %s crashed", operation_id, step.name)
+        _fail(
+            store,
+            operation_id,
+            f"{PHASE_LABELS[step]} crashed: {type(exc).__name__}: {exc} (see the worker log)",
+        )
+        raise Ignore() from None
+    finally:
+        store.release_lease(operation_id, lease, token)
+    if isinstance(outcome, Reschedule):
+        # The lease is released before the retry is published, so the next run can take it.
+        raise task.retry(countdown=outcome.countdown, max_retries=None)
+    return outcome
+
+
+def _transient_outcome(
+    store: Store, settings: Settings, operation_id: str, step: Step, exc: TransientApiError
+) -> Reschedule | None:
+    operation = store.find(operation_id)
+    errors = int((operation.metadata if operation else {}).get("step_errors") or 0) + 1
+    if errors >= settings.poll_max_errors:
+        _fail(
+            store,
+            operation_id,
+            f"{PHASE_LABELS[step]} failed: {exc} ({errors} attempts; "
+            f"check that the training API at {settings.api_url} is up)",
+        )
+        raise Ignore()
+    store.update(operation_id, metadata={"step_errors": errors})
+    log.warning("%s %s: %s; retrying", operation_id, step.name, exc)
+    return Reschedule(max(1.0, settings.poll_interval_s))
+
+
+def _fail(store: Store, operation_id: str, message: str) -> None:
+    if cycle.fail_cycle(store, operation_id, message):
+        log.warning("%s failed: %s", operation_id, message)
+    _cancel_if_cancelled(store, operation_id)
+
+
+def _log_failure(store: Store, operation_id: str) -> None:
+    operation = store.find(operation_id)
+    if operation is not None:
+        log.warning("%s %s: %s", operation_id, operation.status.value, operation.error_message)
+
+
+def _cancel_if_cancelled(store: Store, operation_id: str) -> None:
+    """A cycle that ended with a remote job possibly running: make sure the job is cancelled."""
+    operation = store.find(operation_id)
+    if (
+        operation is not None
+        and operation.training_operation_id
+        and operation.status is not OperationStatus.COMPLETED
+        and operation.metadata.get("training_status") not in ("completed", "failed", "cancelled")
+    ):
+        request_remote_cancel(operation.training_operation_id, f"cycle {operation_id} ended")
+
+
+def request_remote_cancel(training_id: str, reason: str) -> None:
+    """Cancel now if the API answers, else hand the cancel to a retrying task."""
+    if not cycle.cancel_remote_quietly(get_client(), training_id, reason):
+        cancel_training.apply_async(args=(training_id, reason), countdown=1)
+
+
+def cycle_task(step: Step, **options: Any) -> Callable[[StepBody], Task]:
+    def decorate(body: StepBody) -> Task:
+        @app.task(name=STEP_TASK_NAMES[step], bind=True, **options)
+        def run(self: Task, operation_id: str) -> Any:
+            return _run_step(self, operation_id, step, body)
+
+        run.__doc__ = body.__doc__
+        return run
+
+    return decorate
+
+
+# -- the steps ------------------------------------------------------------------------------
+
+
+@cycle_task(Step.DESIGN)
+def design(ctx: StepContext) -> dict[str, str]:
+    """Design a strategy (or take the requested one) and save it under strategies/."""
+    from ktrdr_tasks.design import design_strategy, summarize_design
+
+    name = cycle.run_design(
+        ctx.store, ctx.settings, ctx.operation, design_strategy, summarize_design, ctx.renew_lease
+    )
+    return {"strategy_name": name}
+
+
+@cycle_task(Step.LOAD_TRAINING_PARAMS)
+def load_training_params(ctx: StepContext) -> dict[str, Any]:
+    """Read symbols, timeframes and dates from the strategy file."""
+    return cycle.run_load_training_params(ctx.store, ctx.settings, ctx.operation)
+
+
+@cycle_task(Step.START_TRAINING)
+def start_training(ctx: StepContext) -> dict[str, str]:
+    """Start the remote training once and store its operation id."""
+    training_id = cycle.run_start_training(ctx.store, ctx.client, ctx.settings, ctx.operation)
+    return {"training_operation_id": training_id}
+
+
+@cycle_task(Step.POLL_TRAINING, max_retries=None)
+def poll_training(ctx: StepContext) -> dict[str, str] | Reschedule:
+    """Poll the remote training; re-schedule itself until it ends, never holding a slot."""
+    meta = ctx.operation.metadata
+    owner = meta.get("poll_task_id")
+    if owner and owner != ctx.task.request.id:
+        raise CycleStopped("a resumed poll owns this cycle now")
+    outcome, cancel_id = cycle.run_poll_training(ctx.store, ctx.client, ctx.settings, ctx.operation)
+    if cancel_id:
+        request_remote_cancel(cancel_id, f"cycle {ctx.operation.operation_id} failed")
+    if not outcome.finished:
+        return Reschedule(outcome.countdown)
+    if ctx.store.find(ctx.operation.operation_id).status.is_terminal:
+        raise CycleFailed("training ended without a result to judge")
+    return {"training": "completed"}
+
+
+@cycle_task(Step.TRAINING_GATE)
+def training_gate(ctx: StepContext) -> dict[str, str]:
+    """Judge the training metrics against the gate thresholds."""
+    if not cycle.run_training_gate(ctx.store, ctx.settings, ctx.operation):
+        raise CycleFailed("training gate failed")
+    return {"gate": "passed"}
+
+
+@cycle_task(Step.BACKTEST)
+def backtest(ctx: StepContext) -> dict[str, str]:
+    """Stub until the backtest phase is built; the record says so."""
+    cycle.run_stub_phase(ctx.store, ctx.operation, Step.BACKTEST)
+    return {"backtest": "stub"}
+
+
+@cycle_task(Step.ASSESS)
+def assess(ctx: StepContext) -> dict[str, str]:
+    """Stub assessment, then the cycle is completed."""
+    cycle.run_stub_phase(ctx.store, ctx.operation, Step.ASSESS)
+    if not cycle.complete_cycle(ctx.store, ctx.store.get(ctx.operation.operation_id)):
+        raise CycleStopped("cycle ended before it could complete")
+    log.info("%s completed", ctx.operation.operation_id)
+    return {"status": "completed"}
+
+
+# -- housekeeping ---------------------------------------------------------------------------
+
+
+@app.task(name="ktrdr.cancel_training", bind=True, max_retries=CANCEL_MAX_RETRIES)
+def cancel_training(self: Task, training_id: str, reason: str) -> str:
+    """Cancel a remote training, retrying with backoff while the API is unreachable."""
+    try:
+        return get_client().cancel_operation(training_id, reason)
+    except TransientApiError as exc:
+        countdown = min(60, 2 ** min(self.request.retries, 6))
+        log.warning("cancel of %s failed (%s); retrying in %ss", training_id, exc, countdown)
+        raise self.retry(countdown=countdown) from None
+
+
+@app.task(name="ktrdr.reconcile")
+def reconcile() -> dict[str, list[str]]:
+    """Resume or fail active cycles whose heartbeat went stale (see `reconciler.py`)."""
+    from ktrdr_tasks.reconciler import reconcile_cycles
+
+    return reconcile_cycles(get_store(), get_settings(), time.time())
+
+
+@task_revoked.connect
+def _cancel_remote_on_revoke(request: Any = None, **_: Any) -> None:
+    # Revoke is only a backup (DESIGN section 4), but when it fires, make sure the remote job
+    # of a cancelled cycle is cancelled too. Every remote cancel is idempotent.
+    task_name = getattr(request, "task_name", None) or getattr(request, "name", "")
+    args = getattr(request, "args", None) or ()
+    if not str(task_name).startswith("ktrdr.") or not args:
+        return
+    try:
+        operation = get_store().find(str(args[0]))
+        if operation is not None and operation.status is OperationStatus.CANCELLED:
+            _cancel_if_cancelled(get_store(), operation.operation_id)
+    except KtrdrTasksError:
+        log.warning("could not check revoked task %s", getattr(request, "id", "?"))

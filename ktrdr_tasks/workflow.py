@@ -1,0 +1,190 @@
+"""The public API for a backend or the CLI: trigger, status, cancel, list, and the chain itself.
+
+A web backend calls `trigger()` (or builds `research_chain(op_id)` and calls
+`apply_async()` itself after creating the record); everything else reads the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery import chain
+
+from ktrdr_tasks.app import app
+from ktrdr_tasks.cycle import Step
+from ktrdr_tasks.errors import OperationStateError, StoreUnavailableError
+from ktrdr_tasks.models import (
+    Operation,
+    OperationStatus,
+    Progress,
+    TriggerResult,
+    iso,
+    new_operation_id,
+    utc_now,
+)
+from ktrdr_tasks.settings import get_settings
+from ktrdr_tasks.store import Store, get_store
+from ktrdr_tasks.strategy import load_strategy_config, validate_strategy_name
+
+log = logging.getLogger("ktrdr_tasks.workflow")
+
+
+def _task_names() -> dict[Step, str]:
+    from ktrdr_tasks.tasks import STEP_TASK_NAMES
+
+    return STEP_TASK_NAMES
+
+
+def chain_task_ids(from_step: Step = Step.DESIGN) -> dict[Step, str]:
+    """Fresh task ids for the steps from `from_step` on, fixed before anything is enqueued."""
+    return {step: str(uuid.uuid4()) for step in Step if step >= from_step}
+
+
+def research_chain(operation_id: str, task_ids: dict[Step, str] | None = None) -> chain:
+    """The cycle as one Celery chain of immutable signatures (each task reads Redis).
+
+    `task_ids` selects the steps (and their ids); by default the whole chain with new ids.
+    """
+    ids = task_ids or chain_task_ids()
+    names = _task_names()
+    signatures = [
+        app.signature(names[step], args=(operation_id,), immutable=True).set(task_id=ids[step])
+        for step in sorted(ids)
+    ]
+    return chain(*signatures)
+
+
+def trigger(
+    strategy: str | None = None,
+    bypass_gates: bool = False,
+    store: Store | None = None,
+) -> TriggerResult:
+    """Start a research cycle unless the active-cycle limit is reached (ktrdr's answer shape)."""
+    settings = get_settings()
+    store = store or get_store()
+    if strategy is not None:
+        validate_strategy_name(strategy)
+        load_strategy_config(strategy, settings.strategies_dir)  # fail now, not in a worker
+
+    now = utc_now()
+    operation_id = new_operation_id(now)
+    ids = chain_task_ids()
+    metadata: dict[str, Any] = {"bypass_gates": bypass_gates}
+    if strategy:
+        metadata["requested_strategy"] = strategy
+    operation = Operation(
+        operation_id=operation_id,
+        created_at=iso(now),
+        heartbeat_at=iso(now),
+        task_ids=[ids[step] for step in sorted(ids)],
+        metadata=metadata,
+        progress=Progress(percentage=0, current_step="Queued"),
+    )
+    blocking = store.create_operation(operation, settings.max_active_cycles)
+    if blocking:
+        return _refusal(blocking, settings.max_active_cycles)
+
+    try:
+        research_chain(operation_id, ids).apply_async()
+    except Exception as exc:  # the broker is down: do not leave a pending cycle behind
+        store.finish(
+            operation_id, OperationStatus.FAILED, error_message=f"could not enqueue: {exc}"
+        )
+        raise StoreUnavailableError(
+            f"could not enqueue the research cycle on {settings.safe_redis_url()}: {exc}"
+        ) from exc
+    log.info("%s triggered (strategy=%s)", operation_id, strategy or "designed")
+    return TriggerResult(
+        triggered=True,
+        operation_id=operation_id,
+        message=f"Research cycle started: {operation_id}",
+    )
+
+
+def _refusal(blocking: list[str], limit: int) -> TriggerResult:
+    if limit == 1:
+        return TriggerResult(
+            triggered=False,
+            reason="active_cycle_exists",
+            operation_id=blocking[0],
+            message=f"Active cycle exists: {blocking[0]}",
+        )
+    return TriggerResult(
+        triggered=False,
+        reason="at_capacity",
+        active_count=len(blocking),
+        limit=limit,
+        message=f"At capacity: {len(blocking)} of {limit} cycles active",
+    )
+
+
+def status(operation_id: str | None = None, store: Store | None = None) -> dict[str, Any]:
+    """One operation; or the active ones; or ktrdr's idle answer with the last cycle."""
+    store = store or get_store()
+    if operation_id:
+        return store.get(operation_id).model_dump(mode="json")
+    active = store.active_operations()
+    if active:
+        return {
+            "status": "active",
+            "operations": [op.model_dump(mode="json") for op in active],
+        }
+    last = store.list_operations(limit=1)
+    last_cycle = None
+    if last:
+        op = last[0]
+        last_cycle = {
+            "operation_id": op.operation_id,
+            "outcome": op.status.value,
+            "strategy_name": op.strategy_name,
+            "completed_at": op.completed_at,
+        }
+    return {"status": "idle", "last_cycle": last_cycle}
+
+
+def cancel(operation_id: str, store: Store | None = None) -> dict[str, Any]:
+    """Cancel a cycle: final status first, then revoke its tasks, then the remote job.
+
+    The compare-and-set comes first so a racing poll can never resurrect the cycle; revoke is
+    only a backup (tasks check the record); the remote cancel retries through a task when the
+    training API is briefly unreachable.
+    """
+    from ktrdr_tasks.tasks import request_remote_cancel
+
+    store = store or get_store()
+    operation = store.cancel(operation_id)
+    if operation.task_ids:
+        try:
+            app.control.revoke(operation.task_ids)
+        except Exception as exc:  # revoke is a backup; the record already says cancelled
+            log.warning("%s revoke broadcast failed: %s", operation_id, exc)
+    remote = None
+    if operation.training_operation_id:
+        remote = operation.training_operation_id
+        request_remote_cancel(remote, f"cycle {operation_id} cancelled")
+    log.info("%s cancelled (remote training: %s)", operation_id, remote or "none")
+    answer = operation.model_dump(mode="json")
+    answer["cancelled_training_operation_id"] = remote
+    return answer
+
+
+def list_operations(
+    limit: int = 20, status_filter: str | None = None, store: Store | None = None
+) -> list[dict[str, Any]]:
+    store = store or get_store()
+    wanted = None
+    if status_filter:
+        try:
+            wanted = OperationStatus(status_filter)
+        except ValueError:
+            raise OperationStateError(
+                f"unknown status {status_filter!r}; use one of "
+                + ", ".join(s.value for s in OperationStatus)
+            ) from None
+    return [op.model_dump(mode="json") for op in store.list_operations(limit, wanted)]
+
+
+def history(limit: int = 20, store: Store | None = None) -> list[dict[str, Any]]:
+    return (store or get_store()).recent_history(limit)

