@@ -1,0 +1,6 @@
+"""Benchmarks, run as `python -m bench <name>`; each prints a machine-readable last line."""
+
+# name -> module exposing `add_arguments(parser)` and `run(args) -> int`.
+BENCHMARKS: dict[str, str] = {
+    "training": "bench.training",
+}
