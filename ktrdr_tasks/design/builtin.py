@@ -200,8 +200,9 @@ def _threshold_band(minutes: int) -> tuple[float, float]:
 
 
 def _pick_dataset(rng: random.Random, datasets: Sequence[Dataset]) -> Dataset:
-    # Data-rich datasets first: EURUSD 1d has ~250 bars, enough to train but not to learn much.
-    weights = [min(d.bars if d.bars is not None else 2000, 2000) for d in datasets]
+    # Data-rich datasets first: EURUSD 1d has ~250 bars, enough to train but not to learn much,
+    # and in ten-cycle runs the 5,000-bar EURUSD 1h designs were the ones that passed the gate.
+    weights = [d.bars if d.bars is not None else 2000 for d in datasets]
     return rng.choices(list(datasets), weights=weights, k=1)[0]
 
 
@@ -356,11 +357,12 @@ def _model(rng: random.Random, dataset: Dataset, total_sets: int) -> dict[str, A
         "learning_rate": rng.choice((0.0005, 0.001, 0.002)),
         "batch_size": rng.choice((32, 64)) if bars >= 1000 else 16,
         # Small data trains fast, so it can afford a few more passes; all stay seconds on CPU.
-        "epochs": rng.randint(6, 10) if bars >= 1000 else rng.randint(10, 20),
+        "epochs": rng.randint(8, 14) if bars >= 1000 else rng.randint(10, 20),
         "optimizer": "adam",
+        # Early stopping keeps the best validation weights: without it the last epoch's
+        # overconfident weights lifted the test loss above the gate's 0.8 in most designs.
+        "early_stopping": {"patience": rng.choice((2, 3)), "monitor": "val_loss"},
     }
-    if rng.random() < 0.4:
-        training["early_stopping"] = {"patience": 3, "monitor": "val_loss"}
     return {
         "type": "mlp",
         "architecture": {
