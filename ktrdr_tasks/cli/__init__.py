@@ -48,11 +48,13 @@ def cli() -> None:
 
 def _register() -> None:
     from ktrdr_tasks.cli.agent import agent, operations
+    from ktrdr_tasks.cli.demo import demo
     from ktrdr_tasks.cli.strategy import strategy
 
     cli.add_command(agent)
     cli.add_command(operations)
     cli.add_command(strategy)
+    cli.add_command(demo)
 
 
 def main(argv: list[str] | None = None) -> None:
