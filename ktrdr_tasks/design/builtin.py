@@ -129,7 +129,7 @@ def compose(
     }
     total_sets = sum(len(sets) for sets in fuzzy_sets.values())
     threshold = zigzag_threshold(rng, dataset)
-    start, end = start_date or dataset.start_date, end_date or dataset.end_date
+    start, end = _dates_within(dataset, start_date, end_date)
     hypothesis = _hypothesis(specs, items, dataset, threshold)
     config: dict[str, Any] = {
         "name": "",
@@ -197,6 +197,24 @@ def _threshold_band(minutes: int) -> tuple[float, float]:
     if minutes < 1440:
         return 0.005, 0.02
     return 0.02, 0.05
+
+
+def _dates_within(
+    dataset: Dataset, start_date: str | None, end_date: str | None
+) -> tuple[str | None, str | None]:
+    """The configured training dates, kept inside a reference dataset's own span.
+
+    The settings' dates are one range for every design; a GOOG daily design must not be sent
+    EURUSD's 2017 dates, for which the host has no GOOG bars. Dates that miss the dataset
+    entirely give way to its own span.
+    """
+    if not dataset.reference:
+        return start_date or dataset.start_date, end_date or dataset.end_date
+    start = max(start_date or dataset.start_date, dataset.start_date)
+    end = min(end_date or dataset.end_date, dataset.end_date)
+    if start >= end:
+        return dataset.start_date, dataset.end_date
+    return start, end
 
 
 def _pick_dataset(rng: random.Random, datasets: Sequence[Dataset]) -> Dataset:

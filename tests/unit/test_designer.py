@@ -268,3 +268,20 @@ def test_save_strategy_refuses_to_overwrite(tmp_path):
 def test_save_strategy_refuses_path_like_names(tmp_path):
     with pytest.raises(StrategyError):
         save_strategy(tmp_path, {"name": "../escape"})
+
+
+def test_configured_dates_stay_inside_each_reference_dataset() -> None:
+    import random
+
+    from ktrdr_tasks.datasets import REFERENCE_DATASETS
+    from ktrdr_tasks.design.builtin import compose
+
+    goog = [d for d in REFERENCE_DATASETS if d.symbol == "GOOG"]
+    eurusd = [d for d in REFERENCE_DATASETS if d.symbol == "EURUSD" and d.timeframe == "1h"]
+    goog_design = compose(random.Random(1), goog, "2017-05-01", "2018-02-01")
+    eurusd_design = compose(random.Random(1), eurusd, "2017-05-01", "2018-02-01")
+
+    goog_data = goog_design.config["training_data"]
+    assert (goog_data["start_date"], goog_data["end_date"]) == ("2004-08-19", "2013-03-01")
+    eurusd_data = eurusd_design.config["training_data"]
+    assert (eurusd_data["start_date"], eurusd_data["end_date"]) == ("2017-05-01", "2018-02-01")
