@@ -17,6 +17,9 @@ _settings = get_settings()
 
 broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
+# rediss:// (TLS): verified by default (KTRDR_REDIS_SSL_CERT_REQS, KTRDR_REDIS_SSL_CA_CERTS).
+if _settings.redis_ssl_options() is not None:
+    broker_use_ssl = _settings.redis_ssl_options()
 broker_transport_options = {
     "visibility_timeout": _settings.visibility_timeout_s,
     "unacked_restore_interval": max(1, int(_settings.visibility_timeout_s / 6)),

@@ -43,9 +43,19 @@ def reconcile_cycles(store: Store, settings: Settings, now: float) -> dict[str, 
     report: dict[str, list[str]] = {"resumed": [], "failed": []}
     for operation in store.active_operations():
         age = heartbeat_age(operation, now)
-        if age < settings.resume_after_s:
-            continue
         op_id = operation.operation_id
+        # A resume leaves the heartbeat alone (it is no progress); wait a full
+        # `resume_after_s` after it before judging again, so resumes are not fired every pass.
+        resumed_at = operation.metadata.get("resumed_at_ts")
+        quiet = min(age, now - float(resumed_at)) if resumed_at else age
+        if quiet < settings.resume_after_s:
+            continue
+        if operation.step >= Step.DESIGN and store.lease_remaining_s(
+            op_id, Step(min(operation.step, Step.ASSESS)).name
+        ):
+            # A live run holds the step (a long design renews its lease, not the heartbeat);
+            # a dead run's lease expires within the lease TTL.
+            continue
         resumes = int(operation.metadata.get("resume_count") or 0)
         if age >= settings.lost_after_s or resumes >= MAX_RESUMES:
             message = (
@@ -62,10 +72,20 @@ def reconcile_cycles(store: Store, settings: Settings, now: float) -> dict[str, 
 
         step = resume_step(operation)
         ids = chain_task_ids(step)
-        changes: dict[str, Any] = {"resume_count": resumes + 1, "resumed_from_step": step.name}
+        changes: dict[str, Any] = {
+            "resume_count": resumes + 1,
+            "resumed_from_step": step.name,
+            "resumed_at_ts": now,
+        }
         if Step.POLL_TRAINING in ids:
             changes["poll_task_id"] = ids[Step.POLL_TRAINING]
-        if not store.update(op_id, metadata=changes, task_ids=[*operation.task_ids, *ids.values()]):
+        if not store.update(
+            op_id,
+            metadata=changes,
+            task_ids=[*operation.task_ids, *ids.values()],
+            # Keep the last real progress: "lost since" and KTRDR_LOST_AFTER_S count from it.
+            heartbeat_at=operation.heartbeat_at or operation.created_at,
+        ):
             continue
         research_chain(op_id, ids).apply_async()
         report["resumed"].append(op_id)

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", validation_alias=_env("KTRDR_LOG_LEVEL"))
 
+    # TLS to Redis (a `rediss://` REDIS_URL): verify the server unless told otherwise.
+    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
+        "required", validation_alias=_env("KTRDR_REDIS_SSL_CERT_REQS")
+    )
+    redis_ssl_ca_certs: str | None = Field(None, validation_alias=_env("KTRDR_REDIS_SSL_CA_CERTS"))
+
     @field_validator("design_symbols", "design_timeframes", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -128,6 +134,26 @@ class Settings(BaseSettings):
                 f"KTRDR_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s})"
             )
         return self
+
+    def redis_ssl_options(self) -> dict[str, object] | None:
+        """TLS options for kombu (`broker_use_ssl`) and redis-py; None for a `redis://` URL.
+
+        Without them kombu connects to a `rediss://` broker with CERT_NONE (no verification).
+        """
+        if not self.redis_url.startswith("rediss://"):
+            return None
+        import ssl
+
+        options: dict[str, object] = {
+            "ssl_cert_reqs": {
+                "required": ssl.CERT_REQUIRED,
+                "optional": ssl.CERT_OPTIONAL,
+                "none": ssl.CERT_NONE,
+            }[self.redis_ssl_cert_reqs]
+        }
+        if self.redis_ssl_ca_certs:
+            options["ssl_ca_certs"] = self.redis_ssl_ca_certs
+        return options
 
     def safe_redis_url(self) -> str:
         """The Redis URL with any password masked, for logs and messages."""

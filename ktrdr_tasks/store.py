@@ -222,13 +222,20 @@ class Store:
         self._renew = client.register_script(_RENEW)
 
     @classmethod
-    def from_url(cls, url: str, retention_s: float, safe_url: str | None = None) -> Store:
+    def from_url(
+        cls,
+        url: str,
+        retention_s: float,
+        safe_url: str | None = None,
+        ssl_options: Mapping[str, Any] | None = None,
+    ) -> Store:
         client = redis.Redis.from_url(
             url,
             decode_responses=True,
             socket_connect_timeout=5,
             socket_timeout=10,
             health_check_interval=30,
+            **dict(ssl_options or {}),
         )
         return cls(client, retention_s, safe_url or url)
 
@@ -433,6 +440,11 @@ class Store:
     def release_lease(self, operation_id: str, phase: str, token: str) -> None:
         self._release(keys=[lease_key(operation_id, phase)], args=[token])
 
+    @_redis_errors
+    def lease_remaining_s(self, operation_id: str, phase: str) -> float:
+        """Seconds until the lease on (cycle, phase) expires; 0 when nobody holds it."""
+        return max(0, int(self.redis.pttl(lease_key(operation_id, phase)))) / 1000
+
     # -- history of finished cycles ----------------------------------------------------
 
     @_redis_errors
@@ -463,7 +475,10 @@ def get_store() -> Store:
     if _process_store is None or _process_store[0] != pid:
         settings = get_settings()
         store = Store.from_url(
-            settings.redis_url, settings.retention_days * 86400, settings.safe_redis_url()
+            settings.redis_url,
+            settings.retention_days * 86400,
+            settings.safe_redis_url(),
+            settings.redis_ssl_options(),
         )
         _process_store = (pid, store)
     return _process_store[1]

@@ -34,7 +34,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from ktrdr_tasks.catalogue import IndicatorSpec, find_indicator, param_errors, resolve_params
 from ktrdr_tasks.errors import FieldError, StrategyError, StrategyValidationError
 
-STRATEGY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+STRATEGY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
 FEATURE_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
 RESERVED_FEATURE_IDS = frozenset({"open", "high", "low", "close", "volume"})
 

@@ -3,7 +3,6 @@ Celery workers started as subprocesses with the same environment the test proces
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.environment import apply_env
 from tests.support.fake_training_api import FakeTrainingApi
 from tests.support.processes import REPO, Process, RedisServer, redis_server, start_worker
 
@@ -73,12 +73,7 @@ def cycle_env(
         "KTRDR_TRAINING_START_DATE": "2017-05-01",
         "KTRDR_TRAINING_END_DATE": "2018-02-01",
     }
-    os.environ.update(env)
-    from ktrdr_tasks.settings import get_settings
-    from ktrdr_tasks.store import reset_store
-
-    get_settings.cache_clear()
-    reset_store()
+    apply_env(env)
     return env
 
 

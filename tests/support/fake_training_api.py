@@ -85,8 +85,7 @@ class FakeTrainingApi:
 
     def start(self) -> FakeTrainingApi:
         handler = _handler_for(self)
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server = _QuietServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -198,6 +197,14 @@ class FakeTrainingApi:
         if job.status == "failed":
             data["error_message"] = job.behaviour.error_message
         return data
+
+
+class _QuietServer(ThreadingHTTPServer):
+    allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Killed workers and stopped outages drop connections mid-answer: expected here.
+        pass
 
 
 def _handler_for(api: FakeTrainingApi) -> type[BaseHTTPRequestHandler]:

@@ -23,7 +23,7 @@ from training_host.schemas import TrainingStartRequest, TrainingStartResponse
 
 router = APIRouter(prefix="/trainings", tags=["Training"])
 
-STRATEGY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+STRATEGY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 
 
 def strategy_file(name: str, strategies_dir: Path) -> Path:

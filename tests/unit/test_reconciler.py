@@ -1,0 +1,320 @@
+"""The reconciler over fakeredis with a controlled clock: resume what it can, fail what is lost
+(cancelling the remote job), and never touch a healthy cycle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import fakeredis
+import httpx
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from ktrdr_tasks import tasks, workflow
+from ktrdr_tasks.cycle import Step
+from ktrdr_tasks.models import Operation, OperationStatus, Phase, iso, utc_now
+from ktrdr_tasks.reconciler import MAX_RESUMES, reconcile_cycles
+from ktrdr_tasks.settings import Settings
+from ktrdr_tasks.store import Store
+from ktrdr_tasks.training_api import TrainingApiClient
+
+RESUME_AFTER = 60.0
+LOST_AFTER = 600.0
+TRAINING_ID = "op_training_20260101_000000_deadbeef"
+
+
+@dataclass
+class Remote:
+    """What the training API received, and whether it is reachable."""
+
+    up: bool = True
+    deletes: list[str] = field(default_factory=list)
+    queued_cancels: list[tuple] = field(default_factory=list)
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if not self.up:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.method == "DELETE":
+            self.deletes.append(request.url.path.rsplit("/", 1)[-1])
+            return httpx.Response(200, json={"success": True})
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+
+@dataclass
+class Enqueued:
+    chains: list[tuple[str, dict[Step, str]]] = field(default_factory=list)
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store(fakeredis.FakeRedis(decode_responses=True), retention_s=3600)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(resume_after_s=RESUME_AFTER, lost_after_s=LOST_AFTER)
+
+
+@pytest.fixture
+def remote(monkeypatch: pytest.MonkeyPatch) -> Iterator[Remote]:
+    remote = Remote()
+    client = TrainingApiClient("http://trainer", transport=httpx.MockTransport(remote.handler))
+    monkeypatch.setattr(tasks, "get_client", lambda: client)
+    monkeypatch.setattr(
+        tasks.cancel_training,
+        "apply_async",
+        lambda args=(), **_: remote.queued_cancels.append(tuple(args)),
+    )
+    monkeypatch.setattr("tenacity.nap.time.sleep", lambda _: None)
+    yield remote
+    client.close()
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> Enqueued:
+    """Stand in for the broker: record the chains the reconciler enqueues."""
+    recorded = Enqueued()
+
+    class FakeChain:
+        def __init__(self, op_id: str, ids: dict[Step, str]) -> None:
+            self.op_id, self.ids = op_id, ids
+
+        def apply_async(self) -> None:
+            recorded.chains.append((self.op_id, self.ids))
+
+    monkeypatch.setattr(workflow, "research_chain", FakeChain)
+    return recorded
+
+
+def make_cycle(
+    store: Store,
+    op_id: str = "op_agent_research_20260101_000000_0000aaaa",
+    step: int = 0,
+    training_id: str | None = None,
+    metadata: dict | None = None,
+) -> Operation:
+    """An active cycle at `step`; its heartbeat is 'now' (the tests move the clock instead)."""
+    now = iso(utc_now())
+    store.create_operation(
+        Operation(operation_id=op_id, created_at=now, heartbeat_at=now, task_ids=["t0"]),
+        limit=100,
+    )
+    if step:
+        assert store.enter_step(op_id, step, Phase.TRAINING) == "ok"
+    extra = dict(metadata or {})
+    if training_id:
+        extra["training_operation_id"] = training_id
+    if extra:
+        assert store.update(op_id, metadata=extra)
+    return store.get(op_id)
+
+
+def later(seconds: float) -> float:
+    return time.time() + seconds
+
+
+def test_healthy_cycle_is_not_touched(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    op = make_cycle(store, step=Step.POLL_TRAINING, training_id=TRAINING_ID)
+    before = store.redis.hgetall(f"ktrdr:op:{op.operation_id}")
+
+    report = reconcile_cycles(store, settings, later(RESUME_AFTER - 5))
+
+    assert report == {"resumed": [], "failed": []}
+    assert store.redis.hgetall(f"ktrdr:op:{op.operation_id}") == before
+    assert enqueued.chains == [] and remote.deletes == []
+
+
+def test_stale_polling_cycle_is_resumed_at_its_step_with_a_new_poll_owner(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    op = make_cycle(store, step=Step.POLL_TRAINING, training_id=TRAINING_ID)
+
+    report = reconcile_cycles(store, settings, later(RESUME_AFTER + 1))
+
+    assert report == {"resumed": [op.operation_id], "failed": []}
+    [(op_id, ids)] = enqueued.chains
+    assert op_id == op.operation_id
+    assert sorted(ids) == [Step.POLL_TRAINING, Step.TRAINING_GATE, Step.BACKTEST, Step.ASSESS]
+    after = store.get(op.operation_id)
+    assert after.status is OperationStatus.RUNNING
+    assert after.metadata["resume_count"] == 1
+    assert after.metadata["poll_task_id"] == ids[Step.POLL_TRAINING]
+    assert set(ids.values()) <= set(after.task_ids) and "t0" in after.task_ids
+    # A resume is not progress: "lost since" still counts from the last real heartbeat.
+    assert after.heartbeat_at == op.heartbeat_at
+    assert remote.deletes == []
+
+
+def test_never_started_cycle_is_resumed_from_design(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    make_cycle(store)
+
+    reconcile_cycles(store, settings, later(RESUME_AFTER + 1))
+
+    [(_, ids)] = enqueued.chains
+    assert min(ids) == Step.DESIGN and len(ids) == len(Step)
+
+
+def test_resume_at_gate_leaves_the_poll_owner_alone(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    op = make_cycle(store, step=Step.TRAINING_GATE, metadata={"poll_task_id": "p1"})
+
+    reconcile_cycles(store, settings, later(RESUME_AFTER + 1))
+
+    [(_, ids)] = enqueued.chains
+    assert min(ids) == Step.TRAINING_GATE
+    assert store.get(op.operation_id).metadata["poll_task_id"] == "p1"
+
+
+def test_a_resumed_cycle_gets_a_full_resume_period_before_the_next_resume(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    make_cycle(store, step=Step.DESIGN)
+    reconcile_cycles(store, settings, later(RESUME_AFTER + 1))
+
+    reconcile_cycles(store, settings, later(RESUME_AFTER + 15))  # the next beat, 14 s on
+    assert len(enqueued.chains) == 1
+
+    reconcile_cycles(store, settings, later(2 * RESUME_AFTER + 2))
+    assert len(enqueued.chains) == 2
+
+
+def test_cycle_stale_past_lost_after_is_failed_and_its_remote_job_cancelled(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    op = make_cycle(store, step=Step.POLL_TRAINING, training_id=TRAINING_ID)
+
+    report = reconcile_cycles(store, settings, later(LOST_AFTER + 1))
+
+    assert report == {"resumed": [], "failed": [op.operation_id]}
+    after = store.get(op.operation_id)
+    assert after.status is OperationStatus.FAILED
+    assert after.error_message.startswith(
+        f"cycle lost: no worker progressed it since {op.heartbeat_at}"
+    )
+    assert "celery -A ktrdr_tasks worker" in after.error_message
+    assert remote.deletes == [TRAINING_ID]
+    assert enqueued.chains == []
+    assert store.active_ids() == []
+
+
+def test_cycle_that_stays_stale_after_its_resumes_is_failed(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    op = make_cycle(store, step=Step.START_TRAINING)
+    clock = RESUME_AFTER + 1
+    for _ in range(MAX_RESUMES):
+        reconcile_cycles(store, settings, later(clock))
+        clock += RESUME_AFTER + 1
+    assert len(enqueued.chains) == MAX_RESUMES
+
+    report = reconcile_cycles(store, settings, later(clock))
+
+    assert report["failed"] == [op.operation_id]
+    after = store.get(op.operation_id)
+    assert after.status is OperationStatus.FAILED
+    assert f"{MAX_RESUMES} resumes" in after.error_message
+    assert remote.deletes == []  # nothing had started remotely
+
+
+def test_lost_cycle_cancel_is_queued_when_the_api_is_unreachable(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    make_cycle(store, step=Step.POLL_TRAINING, training_id=TRAINING_ID)
+    remote.up = False
+
+    reconcile_cycles(store, settings, later(LOST_AFTER + 1))
+
+    assert remote.deletes == []
+    assert [args[0] for args in remote.queued_cancels] == [TRAINING_ID]
+
+
+def test_stale_cycle_whose_step_lease_is_held_is_left_to_its_live_run(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    # A long design renews its lease but writes no heartbeat until it reports progress.
+    op = make_cycle(store, step=Step.DESIGN)
+    assert store.acquire_lease(op.operation_id, Step.DESIGN.name, "live-run", ttl_s=30)
+
+    report = reconcile_cycles(store, settings, later(RESUME_AFTER + 1))
+
+    assert report == {"resumed": [], "failed": []}
+    assert store.get(op.operation_id).status is OperationStatus.RUNNING
+
+
+def test_finished_cycles_are_never_touched(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    op = make_cycle(store, step=Step.POLL_TRAINING, training_id=TRAINING_ID)
+    store.finish(op.operation_id, OperationStatus.COMPLETED)
+
+    report = reconcile_cycles(store, settings, later(LOST_AFTER * 10))
+
+    assert report == {"resumed": [], "failed": []}
+    assert store.get(op.operation_id).status is OperationStatus.COMPLETED
+    assert remote.deletes == []
+
+
+def test_two_reconcilers_racing_fail_a_lost_cycle_once(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    op = make_cycle(store, step=Step.POLL_TRAINING, training_id=TRAINING_ID)
+    reports: list[dict] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        barrier.wait()
+        reports.append(reconcile_cycles(store, settings, later(LOST_AFTER + 1)))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(len(r["failed"]) for r in reports) == [0, 1]
+    assert remote.deletes == [TRAINING_ID]
+    assert store.get(op.operation_id).status is OperationStatus.FAILED
+
+
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    age=st.floats(min_value=0, max_value=2 * LOST_AFTER),
+    step=st.integers(min_value=0, max_value=int(Step.ASSESS)),
+    resumes=st.integers(min_value=0, max_value=MAX_RESUMES + 1),
+)
+def test_decision_follows_the_rules_for_any_age_step_and_resume_count(
+    age: float, step: int, resumes: int, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(fakeredis.FakeRedis(decode_responses=True), retention_s=3600)
+    chains: list = []
+    monkeypatch.setattr(
+        workflow,
+        "research_chain",
+        lambda op_id, ids: type("C", (), {"apply_async": lambda self: chains.append(ids)})(),
+    )
+    op = make_cycle(store, step=step, metadata={"resume_count": resumes})
+
+    report = reconcile_cycles(store, settings, later(age))
+
+    after = store.get(op.operation_id)
+    if age < RESUME_AFTER - 1:  # a second of slack for the real clock under the test
+        assert report == {"resumed": [], "failed": []}
+        assert after.status is op.status
+    elif age > RESUME_AFTER + 1 and (age > LOST_AFTER + 1 or resumes >= MAX_RESUMES):
+        assert report["failed"] == [op.operation_id]
+        assert after.status is OperationStatus.FAILED
+    elif age > RESUME_AFTER + 1 and age < LOST_AFTER - 1:
+        assert report["resumed"] == [op.operation_id]
+        assert min(chains[0]) == max(Step.DESIGN, step)
