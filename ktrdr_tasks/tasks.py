@@ -84,9 +84,21 @@ def _run_step(task: Task, operation_id: str, step: Step, body: StepBody) -> Any:
     store, settings = get_store(), get_settings()
     token = f"{task.request.id}:{uuid.uuid4().hex}"
     lease = step.name
-    if not store.acquire_lease(operation_id, lease, token, LEASE_TTL_S):
-        log.info("%s %s: another live run holds this step; exiting", operation_id, step.name)
-        raise Ignore()
+    # A live run renews its lease; one whose worker was SIGKILLed leaves it to expire. Kept
+    # within the visibility timeout so a redelivered message outlives a dead run's lease.
+    lease_ttl = min(LEASE_TTL_S, settings.visibility_timeout_s)
+    if not store.acquire_lease(operation_id, lease, token, lease_ttl):
+        # Exiting here would ack a redelivered message whose first run is dead and strand the
+        # cycle. Check back when the lease runs out: a live holder has by then moved the chain
+        # on (this run finds the step stale and exits quietly), a dead one has let go.
+        wait = max(0.5, store.lease_remaining_s(operation_id, lease) + 0.2)
+        log.info(
+            "%s %s: another run holds this step; checking again in %.1f s",
+            operation_id,
+            step.name,
+            wait,
+        )
+        raise task.retry(countdown=wait, max_retries=None)
     outcome: Any = None
     try:
         entered = store.enter_step(operation_id, step, cycle.STEP_PHASES[step])
@@ -101,9 +113,12 @@ def _run_step(task: Task, operation_id: str, step: Step, body: StepBody) -> Any:
             store,
             settings,
             store.get(operation_id),
-            lambda: store.renew_lease(operation_id, lease, token, LEASE_TTL_S),
+            lambda: store.renew_lease(operation_id, lease, token, lease_ttl),
         )
         outcome = body(context)
+        if not isinstance(outcome, Reschedule) and context.operation.metadata.get("step_errors"):
+            # The error budget counts consecutive failures of one step, not of the cycle.
+            store.update(operation_id, metadata={"step_errors": 0})
     except (Ignore, Retry):
         raise
     except CycleStopped as stopped:
@@ -182,6 +197,11 @@ def request_remote_cancel(training_id: str, reason: str) -> None:
 
 
 def cycle_task(step: Step, **options: Any) -> Callable[[StepBody], Task]:
+    # Retries of every step are bounded by the cycle's own budgets (KTRDR_POLL_MAX_ERRORS, the
+    # training deadline), never by Celery's default max_retries of 3: `retry(max_retries=None)`
+    # does not lift that default in Celery 5.7, only the task's own declaration does.
+    options.setdefault("max_retries", None)
+
     def decorate(body: StepBody) -> Task:
         @app.task(name=STEP_TASK_NAMES[step], bind=True, **options)
         def run(self: Task, operation_id: str) -> Any:
