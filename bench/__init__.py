@@ -3,4 +3,8 @@
 # name -> module exposing `add_arguments(parser)` and `run(args) -> int`.
 BENCHMARKS: dict[str, str] = {
     "training": "bench.training",
+    "overhead": "bench.overhead",
+    "polling": "bench.polling",
+    "per-poll": "bench.per_poll",
+    "all": "bench.all",
 }

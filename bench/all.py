@@ -1,0 +1,188 @@
+"""All chain benchmarks in one go (`make bench`): overhead, polling at several N, per-poll cost.
+
+Each benchmark runs as its own `python -m bench ...` subprocess (a fresh stack and a fresh
+Celery app each), writes its results as JSON, and this command prints one table and plots
+poll lag against N (`--plot`, default docs/poll_lag.png; needs matplotlib, the `bench`
+extra). Nothing here fails on a number: the goals are printed beside the results.
+Worker configurations for the polling runs: `tuned` (the one docs/performance.md
+recommends for polling workers) and `default` (the project's worker as configured, one
+prefork node); `--configs tuned,default` runs both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CONFIGS = {
+    "default": ["--pool", "prefork", "--concurrency", "2", "--workers", "1"],
+    "tuned": [
+        "--pool",
+        "prefork",
+        "--concurrency",
+        "4",
+        "--workers",
+        "1",
+        "--no-events",
+        "--loglevel",
+        "WARNING",
+    ],
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cycles", default="100,1000,2000,5000", help="N values for polling")
+    parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--job-seconds", type=float, default=60.0)
+    parser.add_argument("--overhead-cycles", type=int, default=50)
+    parser.add_argument("--configs", default="tuned", help=f"of {', '.join(CONFIGS)}")
+    parser.add_argument("--plot", type=Path, default=Path("docs/poll_lag.png"))
+    parser.add_argument("--results", type=Path, help="also write every result here (JSON)")
+
+
+def _bench(name: str, options: list[str], out: Path) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "bench", name, *options, "--json", str(out)]
+    print("$ python -m bench " + " ".join([name, *options]), flush=True)
+    completed = subprocess.run(argv, capture_output=True, text=True)
+    lines = completed.stdout.strip().splitlines()
+    print("  " + (lines[-1] if lines else completed.stderr.strip()[-500:]), flush=True)
+    if completed.returncode != 0 or not out.exists():
+        return {"error": completed.stderr.strip()[-2000:]}
+    result = json.loads(out.read_text())
+    result.pop("raw", None)
+    return result
+
+
+def plot(polling: dict[str, list[dict[str, Any]]], path: Path, interval: float) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
+        return
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for config, results in polling.items():
+        done = [r for r in results if "lag_p99_s" in r]
+        counts = [r["cycles"] for r in done]
+        # Log scale: lags under a millisecond are drawn at 1 ms.
+        p99 = [max(r["lag_p99_s"], 1e-3) for r in done]
+        p50 = [max(r["lag_p50_s"], 1e-3) for r in done]
+        axis.plot(counts, p99, "o-", label=f"{config}: lag p99")
+        axis.plot(counts, p50, "x--", label=f"{config}: lag p50")
+    axis.axhline(1.0, color="grey", linewidth=0.8, linestyle=":", label="goal: p99 <= 1 s")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_ylim(bottom=1e-3)
+    axis.set_xlabel("cycles polling at once (N)")
+    axis.set_ylabel("poll lag (s)")
+    axis.set_title(f"Poll lag vs N (interval {interval:g} s, one 2-core machine)")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+def run(args: argparse.Namespace) -> int:
+    configs = [name.strip() for name in args.configs.split(",") if name.strip()]
+    counts = [int(n) for n in args.cycles.split(",") if n.strip()]
+    results: dict[str, Any] = {"polling": {}}
+    with tempfile.TemporaryDirectory(prefix="ktrdr-bench-all-") as tmp:
+        out = Path(tmp)
+        results["overhead"] = _bench(
+            "overhead", ["--cycles", str(args.overhead_cycles)], out / "overhead.json"
+        )
+        for config in configs:
+            results["polling"][config] = [
+                _bench(
+                    "polling",
+                    [
+                        "--cycles",
+                        str(n),
+                        "--interval",
+                        f"{args.interval:g}",
+                        "--job-seconds",
+                        f"{args.job_seconds:g}",
+                        *CONFIGS[config],
+                    ],
+                    out / f"polling-{config}-{n}.json",
+                )
+                for n in counts
+            ]
+        results["per_poll"] = _bench("per-poll", CONFIGS[configs[0]], out / "per_poll.json")
+    print()
+    print(table(results))
+    if args.results:
+        args.results.write_text(json.dumps(results, indent=2, default=str))
+    plot(results["polling"], args.plot, args.interval)
+    overhead = results["overhead"].get("overhead_ratio", float("nan"))
+    print(f"overhead_ratio={overhead:.3f}")
+    return 0
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = []
+    overhead = results["overhead"]
+    if "median_s" in overhead:
+        medians = overhead["median_s"]
+        lines += [
+            "| overhead (median, same run) | ms |",
+            "|---|---|",
+            f"| bare chain, 5 no-op tasks | {1000 * medians['chain5']:.1f} |",
+            f"| bare chain, 7 no-op tasks | {1000 * medians['chain7']:.1f} |",
+            f"| research cycle, 7 tasks | {1000 * medians['cycle']:.1f} |",
+            "| **ratio cycle / 5-task chain** (goal <= 1.3) "
+            f"| **{overhead['overhead_ratio']:.2f}** |",
+            f"| ratio cycle / 7-task chain | {overhead['ratio_vs_chain7']:.2f} |",
+            "",
+        ]
+    lines += [
+        "| worker | N | lag p50 s | lag p99 s | detect p99 s | RSS KB/cycle | Redis KB/cycle "
+        "| worker CPU us/poll | outcome |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    slopes: list[str] = []
+    for config, runs in results["polling"].items():
+        done = [r for r in runs if "rss_per_cycle_kb" in r]
+        for before, after in itertools.pairwise(done):
+            # RSS per cycle as asked (delta / N) includes a fixed growth of the pool processes;
+            # the slope between two N is what one more waiting cycle costs.
+            grown = after["rss_per_cycle_kb"] * after["cycles"]
+            grown -= before["rss_per_cycle_kb"] * before["cycles"]
+            slope = grown / (after["cycles"] - before["cycles"])
+            slopes.append(f"{config} N={before['cycles']}->{after['cycles']}: {slope:.1f} KB")
+        for r in runs:
+            if "lag_p99_s" not in r:
+                lines.append(f"| {config} | ? | failed: {r.get('error', '')[-80:]} |")
+                continue
+            lines.append(
+                f"| {config} | {r['cycles']} | {r['lag_p50_s']:.3f} | {r['lag_p99_s']:.3f} "
+                f"| {r['detect_p99_s']:.2f} | {r.get('rss_per_cycle_kb', float('nan')):.1f} "
+                f"| {r.get('redis_per_cycle_kb', float('nan')):.1f} "
+                f"| {r.get('worker_cpu_us_per_poll', float('nan')):.0f} | {r['statuses']} |"
+            )
+    if slopes:
+        lines += ["", "Worker RSS per extra waiting cycle (slope): " + "; ".join(slopes)]
+    per_poll = results.get("per_poll", {})
+    if "floor_wall_us" in per_poll:
+        lines += [
+            "",
+            "| per poll | wall us | CPU us |",
+            "|---|---|---|",
+            f"| floor: httpx GET + one Redis write | {per_poll['floor_wall_us']:.0f} "
+            f"| {per_poll['floor_cpu_us']:.0f} |",
+            f"| poll step in-process, no Celery | {per_poll['step_wall_us']:.0f} "
+            f"| {per_poll['step_cpu_us']:.0f} |",
+            "| through Celery (worker CPU) | "
+            f"| {per_poll.get('celery_cpu_us', float('nan')):.0f} |",
+        ]
+    return "\n".join(lines)
