@@ -133,6 +133,15 @@ class Settings(BaseSettings):
                 f"KTRDR_POLL_INTERVAL_S ({self.poll_interval_s}) must be shorter than "
                 f"KTRDR_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s})"
             )
+        # The LLM design step runs up to two calls: a message held longer than the visibility
+        # timeout is delivered a second time while the first run still designs.
+        design_run_s = 2 * self.anthropic_timeout_s
+        if self.designer == "anthropic" and self.visibility_timeout_s <= design_run_s:
+            raise ValueError(
+                f"KTRDR_DESIGNER=anthropic can take {design_run_s:.0f} s per design "
+                f"(2 x KTRDR_ANTHROPIC_TIMEOUT_S): set KTRDR_VISIBILITY_TIMEOUT_S above it "
+                f"(now {self.visibility_timeout_s:.0f}) or lower KTRDR_ANTHROPIC_TIMEOUT_S"
+            )
         return self
 
     def redis_ssl_options(self) -> dict[str, object] | None:
