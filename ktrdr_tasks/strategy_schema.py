@@ -298,7 +298,7 @@ class StrategyConfig(_Open):
         return [indicator.feature_id for indicator in self.indicators]
 
 
-_REQUIRED_TOP = (
+REQUIRED_TOP_LEVEL = (
     "name",
     "version",
     "scope",

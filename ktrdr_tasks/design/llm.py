@@ -29,7 +29,7 @@ from ktrdr_tasks.design.storage import (
 )
 from ktrdr_tasks.errors import DesignError, FieldError, StrategyValidationError
 from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.strategy_schema import STRATEGY_NAME, check_strategy
+from ktrdr_tasks.strategy_schema import REQUIRED_TOP_LEVEL, STRATEGY_NAME, check_strategy
 
 ANTHROPIC_VERSION = "2023-06-01"
 TOOL_NAME = "save_strategy"
@@ -153,19 +153,8 @@ def tool_definition() -> dict[str, Any]:
                 "decisions": section,
                 "training": section,
             },
-            "required": [
-                "name",
-                "description",
-                "version",
-                "scope",
-                "training_data",
-                "deployment",
-                "indicators",
-                "fuzzy_sets",
-                "model",
-                "decisions",
-                "training",
-            ],
+            # The schema's required keys, plus the hypothesis the designer must state.
+            "required": [*REQUIRED_TOP_LEVEL, "description"],
         },
     }
 

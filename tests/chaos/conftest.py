@@ -28,6 +28,7 @@ from tests.support.processes import (
     free_port,
     redis_server,
     start,
+    start_worker,
     wait_until,
 )
 
@@ -146,30 +147,10 @@ def start_chaos_worker(
     name: str = "worker",
     extra_env: dict[str, str] | None = None,
 ) -> Process:
-    argv = [
-        str(BIN / "celery"),
-        "-A",
-        "tests.chaos.worker_app",
-        "worker",
-        "--loglevel",
-        "INFO",
-        "--concurrency",
-        str(concurrency),
-        "--hostname",
-        f"{name}-{free_port()}@%h",
-        "--without-mingle",
-        "--without-gossip",
-    ]
-    process = start(name, argv, log_dir, {**env, **(extra_env or {})})
-    wait_until(
-        lambda: " ready." in process.log() or process.popen.poll() is not None,
-        60,
-        "celery worker",
-        interval=0.1,
+    """A worker of `tests.chaos.worker_app`: ktrdr_tasks plus test-only phase delays."""
+    return start_worker(
+        {**env, **(extra_env or {})}, log_dir, concurrency, name, app="tests.chaos.worker_app"
     )
-    if process.popen.poll() is not None:
-        raise RuntimeError(f"celery worker exited at start:\n{process.log()[-3000:]}")
-    return process
 
 
 def start_beat(env: dict[str, str], log_dir: Path) -> Process:

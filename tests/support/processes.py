@@ -156,12 +156,16 @@ def redis_server(data_dir: Path, password: str | None = None) -> Iterator[RedisS
 
 
 def start_worker(
-    env: Mapping[str, str], log_dir: Path, concurrency: int = 2, name: str = "worker"
+    env: Mapping[str, str],
+    log_dir: Path,
+    concurrency: int = 2,
+    name: str = "worker",
+    app: str = "ktrdr_tasks",
 ) -> Process:
     argv = [
         str(BIN / "celery"),
         "-A",
-        "ktrdr_tasks",
+        app,
         "worker",
         "--loglevel",
         "INFO",
