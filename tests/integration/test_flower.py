@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.stack import FLOWER_USER, Stack, free_port, seed_strategies
-from tests.support.processes import BIN, REPO, start, wait_until
+from ktrdr_tasks.stack import FLOWER_USER, Stack, free_port
+from tests.support.local_stack import local_stack
+from tests.support.processes import BIN, start, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,17 +31,8 @@ CHAIN_HEAD = (
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("flower-stack")
-    strategies = root / "strategies"
-    strategies.mkdir()
-    seed_strategies(REPO / "strategies", strategies)
-    settings = Settings(KTRDR_STRATEGIES_DIR=str(strategies), KTRDR_MODELS_DIR=str(root / "m"))
-    local = Stack(root / "data", settings, poll_interval_s=0.2)
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
+    with local_stack(tmp_path_factory.mktemp("flower-stack")) as started:
+        yield started
 
 
 def flower_tasks(stack: Stack, operation_id: str) -> dict[str, dict[str, Any]]:

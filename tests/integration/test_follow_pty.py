@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.stack import Stack, seed_strategies
-from tests.support.processes import BIN, REPO
+from ktrdr_tasks.stack import Stack
+from tests.support.local_stack import local_stack
+from tests.support.processes import BIN
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +34,8 @@ ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("follow-stack")
-    strategies = root / "strategies"
-    strategies.mkdir()
-    seed_strategies(REPO / "strategies", strategies)
-    settings = Settings(KTRDR_STRATEGIES_DIR=str(strategies), KTRDR_MODELS_DIR=str(root / "m"))
-    local = Stack(root / "data", settings, poll_interval_s=0.2)
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
+    with local_stack(tmp_path_factory.mktemp("follow-stack")) as started:
+        yield started
 
 
 def long_training_strategy(directory: Path, name: str) -> str:

