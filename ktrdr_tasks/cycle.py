@@ -146,6 +146,10 @@ def run_design(
         seed=design_seed(op_id),
         on_progress=on_progress,
     )
+    recorded = store.get(op_id).strategy_name
+    if recorded:  # a run that lost its lease mid-design: keep the design the cycle recorded
+        log.warning("%s: late design %s discarded; the cycle has %s", op_id, result.name, recorded)
+        return recorded
     _update_or_stop(
         store,
         op_id,

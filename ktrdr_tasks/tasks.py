@@ -3,15 +3,18 @@
 Every step task takes only the operation id (all state is in Redis, so any worker can re-run
 it) and goes through `_run_step`, which:
 1. takes the lease for (cycle, step), so redelivery, resume and retry never run one step twice
-   at once; a run that finds the lease held exits quietly;
+   at once; a run that finds the lease held checks back when the lease runs out (exiting
+   would ack a redelivered message whose first run is dead, and strand the cycle);
 2. enters the step atomically: a cycle that ended, or whose chain already moved past this
    step, stops here without side effects (the record, not Celery's revoke list, is the truth);
+   only a cycle that ended makes sure its remote job is cancelled;
 3. calls the step's function and maps its outcome: reschedule (poll, transient errors),
    stop quietly (cancelled elsewhere), or fail the cycle with a message a person can act on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -26,7 +29,7 @@ from celery.signals import task_revoked
 from ktrdr_tasks import cycle
 from ktrdr_tasks.app import app
 from ktrdr_tasks.cycle import CycleFailed, CycleStopped, Step
-from ktrdr_tasks.errors import KtrdrTasksError, TransientApiError
+from ktrdr_tasks.errors import KtrdrTasksError, StoreUnavailableError, TransientApiError
 from ktrdr_tasks.models import Operation, OperationStatus
 from ktrdr_tasks.settings import Settings, get_settings
 from ktrdr_tasks.store import Store, get_store
@@ -80,13 +83,39 @@ class StepContext:
 StepBody = Callable[[StepContext], Any]
 
 
+def lease_ttl_s(step: Step, settings: Settings) -> float:
+    """How long a run may go without renewing its lease before another run may take the step.
+
+    A live run renews its lease; one whose worker was SIGKILLed leaves it to expire. At most
+    half the visibility timeout, so a run waiting for the lease (a countdown of up to the TTL)
+    is not redelivered while it waits. An LLM design renews before each call, so its lease
+    must outlast one call (the settings keep the visibility timeout above two).
+    """
+    ttl = LEASE_TTL_S
+    if step is Step.DESIGN and settings.designer == "anthropic":
+        ttl += settings.anthropic_timeout_s
+    return min(ttl, settings.visibility_timeout_s / 2)
+
+
 def _run_step(task: Task, operation_id: str, step: Step, body: StepBody) -> Any:
-    store, settings = get_store(), get_settings()
+    settings = get_settings()
+    try:
+        return _run_step_with_store(task, get_store(), settings, operation_id, step, body)
+    except StoreUnavailableError as exc:
+        # A Redis blip must not fail or strand the cycle: the step is idempotent, run it again
+        # once Redis is back (if the retry cannot be published either, the unacked message
+        # comes back after the visibility timeout, and the reconciler is the last resort).
+        countdown = max(1.0, settings.poll_interval_s)
+        log.warning("%s %s: %s; retrying in %.0f s", operation_id, step.name, exc, countdown)
+        raise task.retry(countdown=countdown, max_retries=None) from None
+
+
+def _run_step_with_store(
+    task: Task, store: Store, settings: Settings, operation_id: str, step: Step, body: StepBody
+) -> Any:
     token = f"{task.request.id}:{uuid.uuid4().hex}"
     lease = step.name
-    # A live run renews its lease; one whose worker was SIGKILLed leaves it to expire. Kept
-    # within the visibility timeout so a redelivered message outlives a dead run's lease.
-    lease_ttl = min(LEASE_TTL_S, settings.visibility_timeout_s)
+    lease_ttl = lease_ttl_s(step, settings)
     if not store.acquire_lease(operation_id, lease, token, lease_ttl):
         # Exiting here would ack a redelivered message whose first run is dead and strand the
         # cycle. Check back when the lease runs out: a live holder has by then moved the chain
@@ -103,8 +132,11 @@ def _run_step(task: Task, operation_id: str, step: Step, body: StepBody) -> Any:
     try:
         entered = store.enter_step(operation_id, step, cycle.STEP_PHASES[step])
         if entered != "ok":
+            # "stale": a late duplicate of a step the live chain has passed; it must not
+            # touch the remote job the live chain is polling.
             log.info("%s %s skipped: cycle %s", operation_id, step.name, entered)
-            _cancel_if_cancelled(store, operation_id)
+            if entered == "ended":
+                _cancel_orphaned_training(store, operation_id)
             raise Ignore()
         if step is not Step.POLL_TRAINING:
             log.info("%s phase: %s", operation_id, PHASE_LABELS[step])
@@ -119,7 +151,7 @@ def _run_step(task: Task, operation_id: str, step: Step, body: StepBody) -> Any:
         if not isinstance(outcome, Reschedule) and context.operation.metadata.get("step_errors"):
             # The error budget counts consecutive failures of one step, not of the cycle.
             store.update(operation_id, metadata={"step_errors": 0})
-    except (Ignore, Retry):
+    except (Ignore, Retry, StoreUnavailableError):
         raise
     except CycleStopped as stopped:
         log.info("%s %s stopped: %s", operation_id, step.name, stopped)
@@ -141,7 +173,9 @@ def _run_step(task: Task, operation_id: str, step: Step, body: StepBody) -> Any:
         )
         raise Ignore() from None
     finally:
-        store.release_lease(operation_id, lease, token)
+        # An unreleased lease expires by itself; failing to release must not hide the outcome.
+        with contextlib.suppress(StoreUnavailableError):
+            store.release_lease(operation_id, lease, token)
     if isinstance(outcome, Reschedule):
         # The lease is released before the retry is published, so the next run can take it.
         raise task.retry(countdown=outcome.countdown, max_retries=None)
@@ -169,7 +203,7 @@ def _transient_outcome(
 def _fail(store: Store, operation_id: str, message: str) -> None:
     if cycle.fail_cycle(store, operation_id, message):
         log.warning("%s failed: %s", operation_id, message)
-    _cancel_if_cancelled(store, operation_id)
+    _cancel_orphaned_training(store, operation_id)
 
 
 def _log_failure(store: Store, operation_id: str) -> None:
@@ -178,13 +212,16 @@ def _log_failure(store: Store, operation_id: str) -> None:
         log.warning("%s %s: %s", operation_id, operation.status.value, operation.error_message)
 
 
-def _cancel_if_cancelled(store: Store, operation_id: str) -> None:
-    """A cycle that ended with a remote job possibly running: make sure the job is cancelled."""
+def _cancel_orphaned_training(store: Store, operation_id: str) -> None:
+    """A cycle that failed or was cancelled with a remote job possibly running: cancel the job.
+
+    Only an ended cycle qualifies: the remote job of a running cycle is its live chain's.
+    """
     operation = store.find(operation_id)
     if (
         operation is not None
         and operation.training_operation_id
-        and operation.status is not OperationStatus.COMPLETED
+        and operation.status in (OperationStatus.FAILED, OperationStatus.CANCELLED)
         and operation.metadata.get("training_status") not in ("completed", "failed", "cancelled")
     ):
         request_remote_cancel(operation.training_operation_id, f"cycle {operation_id} ended")
@@ -240,7 +277,7 @@ def start_training(ctx: StepContext) -> dict[str, str]:
     return {"training_operation_id": training_id}
 
 
-@cycle_task(Step.POLL_TRAINING, max_retries=None)
+@cycle_task(Step.POLL_TRAINING)
 def poll_training(ctx: StepContext) -> dict[str, str] | Reschedule:
     """Poll the remote training; re-schedule itself until it ends, never holding a slot."""
     meta = ctx.operation.metadata
@@ -305,16 +342,16 @@ def reconcile() -> dict[str, list[str]]:
 
 
 @task_revoked.connect
-def _cancel_remote_on_revoke(request: Any = None, **_: Any) -> None:
-    # Revoke is only a backup (DESIGN section 4), but when it fires, make sure the remote job
-    # of a cancelled cycle is cancelled too. Every remote cancel is idempotent.
-    task_name = getattr(request, "task_name", None) or getattr(request, "name", "")
+def cancel_remote_on_revoke(sender: Task | None = None, request: Any = None, **_: Any) -> None:
+    """Revoke is only a backup (DESIGN section 4), but when it fires for a step of a cancelled
+    cycle, make sure the remote job is cancelled too. Every remote cancel is idempotent."""
+    # The worker sends the task as `sender` and the message's context (task name in `.task`,
+    # arguments in `.args`) as `request`.
+    task_name = getattr(sender, "name", None) or getattr(request, "task", None) or ""
     args = getattr(request, "args", None) or ()
-    if not str(task_name).startswith("ktrdr.") or not args:
+    if task_name not in STEP_TASK_NAMES.values() or not args:
         return
     try:
-        operation = get_store().find(str(args[0]))
-        if operation is not None and operation.status is OperationStatus.CANCELLED:
-            _cancel_if_cancelled(get_store(), operation.operation_id)
+        _cancel_orphaned_training(get_store(), str(args[0]))
     except KtrdrTasksError:
         log.warning("could not check revoked task %s", getattr(request, "id", "?"))

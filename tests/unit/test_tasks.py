@@ -1,0 +1,178 @@
+"""The rules every step task shares (`tasks._run_step`): who may touch the remote job, what a
+revoke does, and what a Redis blip does to a running cycle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+from celery.app.task import Context
+from celery.exceptions import Ignore, Retry
+from celery.signals import task_revoked
+
+from ktrdr_tasks import cycle, tasks
+from ktrdr_tasks.cycle import Step
+from ktrdr_tasks.errors import StoreUnavailableError
+from ktrdr_tasks.models import OperationStatus
+from ktrdr_tasks.settings import Settings
+from ktrdr_tasks.store import Store
+from tests.support.cycles import CYCLE_ID, TRAINING_ID, Remote, make_cycle, stand_in_training_api
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def store(server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch) -> Store:
+    store = Store(fakeredis.FakeRedis(server=server, decode_responses=True), retention_s=3600)
+    monkeypatch.setattr(tasks, "get_store", lambda: store)
+    monkeypatch.setattr(tasks, "get_settings", lambda: Settings(poll_interval_s=5))
+    return store
+
+
+@pytest.fixture
+def remote(monkeypatch: pytest.MonkeyPatch) -> Iterator[Remote]:
+    yield from stand_in_training_api(monkeypatch)
+
+
+@pytest.fixture
+def retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Countdowns of the retries the step tasks asked for (instead of publishing them)."""
+    asked: list[float] = []
+
+    def retry(countdown: float = 0, **_: object) -> Retry:
+        asked.append(countdown)
+        return Retry(when=countdown)
+
+    for name in tasks.STEP_TASK_NAMES.values():
+        monkeypatch.setattr(tasks.app.tasks[name], "retry", retry)
+    return asked
+
+
+def polling_cycle(store: Store) -> None:
+    make_cycle(store, step=Step.POLL_TRAINING, training_id=TRAINING_ID)
+    store.update(CYCLE_ID, metadata={"training_status": "running"})
+
+
+def test_late_duplicate_of_a_passed_step_leaves_the_live_remote_job_alone(
+    store: Store, remote: Remote
+) -> None:
+    polling_cycle(store)
+
+    with pytest.raises(Ignore):
+        tasks.start_training.run(CYCLE_ID)
+
+    assert remote.deletes == [] and remote.queued_cancels == []
+    after = store.get(CYCLE_ID)
+    assert after.status is OperationStatus.RUNNING
+    assert after.step == Step.POLL_TRAINING
+
+
+@pytest.mark.parametrize("final", [OperationStatus.CANCELLED, OperationStatus.FAILED])
+def test_step_of_an_ended_cycle_makes_sure_the_remote_job_is_cancelled(
+    store: Store, remote: Remote, final: OperationStatus
+) -> None:
+    polling_cycle(store)
+    store.finish(CYCLE_ID, final, error_message="stopped")
+
+    with pytest.raises(Ignore):
+        tasks.poll_training.run(CYCLE_ID)
+
+    assert remote.deletes == [TRAINING_ID]
+
+
+def test_step_of_a_completed_cycle_cancels_nothing(store: Store, remote: Remote) -> None:
+    polling_cycle(store)
+    store.finish(CYCLE_ID, OperationStatus.COMPLETED)
+
+    with pytest.raises(Ignore):
+        tasks.poll_training.run(CYCLE_ID)
+
+    assert remote.deletes == []
+
+
+def revoke(task_name: str, operation_id: str) -> None:
+    """What a worker sends when it drops a revoked message: the task, and the message context."""
+    task_revoked.send(
+        sender=tasks.app.tasks[task_name],
+        request=Context(id="t-revoked", task=task_name, args=[operation_id]),
+        terminated=False,
+        signum=None,
+        expired=False,
+    )
+
+
+def test_revoked_step_of_a_cancelled_cycle_cancels_the_remote_job(
+    store: Store, remote: Remote
+) -> None:
+    polling_cycle(store)
+    store.cancel(CYCLE_ID)
+
+    revoke("ktrdr.poll_training", CYCLE_ID)
+
+    assert remote.deletes == [TRAINING_ID]
+
+
+def test_revoked_step_of_a_running_cycle_cancels_nothing(store: Store, remote: Remote) -> None:
+    polling_cycle(store)
+
+    revoke("ktrdr.poll_training", CYCLE_ID)
+    revoke("ktrdr.cancel_training", TRAINING_ID)
+
+    assert remote.deletes == []
+    assert store.get(CYCLE_ID).status is OperationStatus.RUNNING
+
+
+def test_redis_down_when_a_step_starts_retries_the_step(
+    store: Store, server: fakeredis.FakeServer, remote: Remote, retries: list[float]
+) -> None:
+    polling_cycle(store)
+    server.connected = False
+
+    with pytest.raises(Retry):
+        tasks.poll_training.run(CYCLE_ID)
+
+    server.connected = True
+    assert retries == [5]
+    assert store.get(CYCLE_ID).status is OperationStatus.RUNNING
+    assert remote.deletes == []
+
+
+def test_redis_blip_inside_a_step_retries_it_instead_of_failing_the_cycle(
+    store: Store,
+    server: fakeredis.FakeServer,
+    remote: Remote,
+    retries: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_cycle(store, step=Step.LOAD_TRAINING_PARAMS)
+
+    def redis_drops(*_: object) -> str:
+        server.connected = False
+        raise StoreUnavailableError("cannot reach Redis at redis://localhost:6379/0")
+
+    monkeypatch.setattr(cycle, "run_start_training", redis_drops)
+
+    with pytest.raises(Retry):
+        tasks.start_training.run(CYCLE_ID)
+
+    server.connected = True
+    assert retries == [5]
+    after = store.get(CYCLE_ID)
+    assert after.status is OperationStatus.RUNNING
+    assert after.error_message is None
+
+
+def test_lease_never_outlasts_half_the_visibility_timeout() -> None:
+    # A run waiting for a held lease sleeps as a countdown; one longer than the visibility
+    # timeout would be redelivered while it waits.
+    quick = Settings(visibility_timeout_s=30, poll_interval_s=5)
+    llm = Settings(
+        visibility_timeout_s=600, anthropic_timeout_s=120, designer="anthropic", poll_interval_s=5
+    )
+    assert all(tasks.lease_ttl_s(step, quick) <= 15 for step in Step)
+    assert tasks.lease_ttl_s(Step.DESIGN, llm) > llm.anthropic_timeout_s
+    assert tasks.lease_ttl_s(Step.DESIGN, llm) <= 300
