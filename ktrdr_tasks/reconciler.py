@@ -4,8 +4,10 @@ Runs under Celery beat (`ktrdr.reconcile`). A healthy cycle writes its heartbeat
 step and every poll, so only a cycle whose messages were lost (worker killed and its held
 messages not yet restored, Redis restarted without its queue, a revoke that outlived its
 reason) goes stale. Such a cycle is resumed from its recorded step with fresh task ids (the
-lease and the step counter keep a late original from running twice); one that stays stale
-past `KTRDR_LOST_AFTER_S`, or was resumed too often, is failed and its remote job cancelled.
+lease and the step counter keep a late original from running twice). Resumes that bring no
+progress stop after `MAX_RESUMES`, so a cycle whose steps keep dying is not re-enqueued
+forever; it is failed (and its remote job cancelled) only once its heartbeat is older than
+`KTRDR_LOST_AFTER_S`, the one limit an operator sets for "lost".
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from ktrdr_tasks.store import Store
 
 log = logging.getLogger("ktrdr_tasks.reconciler")
 
+# Resumes without progress in between: enough to survive a second crash during the resume,
+# few enough that a step which kills its worker every time is not re-run all night.
 MAX_RESUMES = 3
 
 
+def last_beat(operation: Operation) -> str:
+    return operation.heartbeat_at or operation.created_at
+
+
 def heartbeat_age(operation: Operation, now: float) -> float:
-    stamp = operation.heartbeat_at or operation.created_at
-    return now - parse_iso(stamp).timestamp()
+    return now - parse_iso(last_beat(operation)).timestamp()
 
 
 def resume_step(operation: Operation) -> Step:
@@ -33,6 +40,13 @@ def resume_step(operation: Operation) -> Step:
     if operation.step < Step.DESIGN:
         return Step.DESIGN
     return Step(min(operation.step, Step.ASSESS))
+
+
+def resumes_without_progress(operation: Operation) -> int:
+    """Resumes since the heartbeat last moved: progress after a resume starts the count anew."""
+    if operation.metadata.get("resumed_heartbeat_at") != last_beat(operation):
+        return 0
+    return int(operation.metadata.get("resume_count") or 0)
 
 
 def reconcile_cycles(store: Store, settings: Settings, now: float) -> dict[str, list[str]]:
@@ -56,8 +70,8 @@ def reconcile_cycles(store: Store, settings: Settings, now: float) -> dict[str, 
             # A live run holds the step (a long design renews its lease, not the heartbeat);
             # a dead run's lease expires within the lease TTL.
             continue
-        resumes = int(operation.metadata.get("resume_count") or 0)
-        if age >= settings.lost_after_s or resumes >= MAX_RESUMES:
+        resumes = resumes_without_progress(operation)
+        if age >= settings.lost_after_s:
             message = (
                 f"cycle lost: no worker progressed it since {operation.heartbeat_at} "
                 f"({age:.0f} s, {resumes} resumes); check that workers are running "
@@ -69,11 +83,14 @@ def reconcile_cycles(store: Store, settings: Settings, now: float) -> dict[str, 
                 if operation.training_operation_id:
                     request_remote_cancel(operation.training_operation_id, message)
             continue
+        if resumes >= MAX_RESUMES:
+            continue
 
         step = resume_step(operation)
         ids = chain_task_ids(step)
         changes: dict[str, Any] = {
             "resume_count": resumes + 1,
+            "resumed_heartbeat_at": last_beat(operation),
             "resumed_from_step": step.name,
             "resumed_at_ts": now,
         }
@@ -84,7 +101,7 @@ def reconcile_cycles(store: Store, settings: Settings, now: float) -> dict[str, 
             metadata=changes,
             task_ids=[*operation.task_ids, *ids.values()],
             # Keep the last real progress: "lost since" and KTRDR_LOST_AFTER_S count from it.
-            heartbeat_at=operation.heartbeat_at or operation.created_at,
+            heartbeat_at=last_beat(operation),
         ):
             continue
         research_chain(op_id, ids).apply_async()

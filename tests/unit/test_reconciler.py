@@ -9,40 +9,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import fakeredis
-import httpx
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from ktrdr_tasks import tasks, workflow
+from ktrdr_tasks import workflow
 from ktrdr_tasks.cycle import Step
-from ktrdr_tasks.models import Operation, OperationStatus, Phase, iso, utc_now
+from ktrdr_tasks.models import OperationStatus
 from ktrdr_tasks.reconciler import MAX_RESUMES, reconcile_cycles
 from ktrdr_tasks.settings import Settings
 from ktrdr_tasks.store import Store
-from ktrdr_tasks.training_api import TrainingApiClient
+from tests.support.cycles import TRAINING_ID, Remote, make_cycle, stand_in_training_api
 
 RESUME_AFTER = 60.0
 LOST_AFTER = 600.0
-TRAINING_ID = "op_training_20260101_000000_deadbeef"
-
-
-@dataclass
-class Remote:
-    """What the training API received, and whether it is reachable."""
-
-    up: bool = True
-    deletes: list[str] = field(default_factory=list)
-    queued_cancels: list[tuple] = field(default_factory=list)
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        if not self.up:
-            raise httpx.ConnectError("connection refused", request=request)
-        if request.method == "DELETE":
-            self.deletes.append(request.url.path.rsplit("/", 1)[-1])
-            return httpx.Response(200, json={"success": True})
-        return httpx.Response(404, json={"detail": "Not Found"})
 
 
 @dataclass
@@ -62,17 +43,7 @@ def settings() -> Settings:
 
 @pytest.fixture
 def remote(monkeypatch: pytest.MonkeyPatch) -> Iterator[Remote]:
-    remote = Remote()
-    client = TrainingApiClient("http://trainer", transport=httpx.MockTransport(remote.handler))
-    monkeypatch.setattr(tasks, "get_client", lambda: client)
-    monkeypatch.setattr(
-        tasks.cancel_training,
-        "apply_async",
-        lambda args=(), **_: remote.queued_cancels.append(tuple(args)),
-    )
-    monkeypatch.setattr("tenacity.nap.time.sleep", lambda _: None)
-    yield remote
-    client.close()
+    yield from stand_in_training_api(monkeypatch)
 
 
 @pytest.fixture
@@ -89,29 +60,6 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> Enqueued:
 
     monkeypatch.setattr(workflow, "research_chain", FakeChain)
     return recorded
-
-
-def make_cycle(
-    store: Store,
-    op_id: str = "op_agent_research_20260101_000000_0000aaaa",
-    step: int = 0,
-    training_id: str | None = None,
-    metadata: dict | None = None,
-) -> Operation:
-    """An active cycle at `step`; its heartbeat is 'now' (the tests move the clock instead)."""
-    now = iso(utc_now())
-    store.create_operation(
-        Operation(operation_id=op_id, created_at=now, heartbeat_at=now, task_ids=["t0"]),
-        limit=100,
-    )
-    if step:
-        assert store.enter_step(op_id, step, Phase.TRAINING) == "ok"
-    extra = dict(metadata or {})
-    if training_id:
-        extra["training_operation_id"] = training_id
-    if extra:
-        assert store.update(op_id, metadata=extra)
-    return store.get(op_id)
 
 
 def later(seconds: float) -> float:
@@ -207,23 +155,43 @@ def test_cycle_stale_past_lost_after_is_failed_and_its_remote_job_cancelled(
     assert store.active_ids() == []
 
 
-def test_cycle_that_stays_stale_after_its_resumes_is_failed(
+def test_resumes_without_progress_stop_but_the_cycle_fails_only_at_lost_after(
     store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
 ) -> None:
     op = make_cycle(store, step=Step.START_TRAINING)
     clock = RESUME_AFTER + 1
-    for _ in range(MAX_RESUMES):
+    for _ in range(MAX_RESUMES + 2):
         reconcile_cycles(store, settings, later(clock))
         clock += RESUME_AFTER + 1
+    assert clock < LOST_AFTER
     assert len(enqueued.chains) == MAX_RESUMES
+    assert store.get(op.operation_id).status is OperationStatus.RUNNING
 
-    report = reconcile_cycles(store, settings, later(clock))
+    report = reconcile_cycles(store, settings, later(LOST_AFTER + 1))
 
     assert report["failed"] == [op.operation_id]
     after = store.get(op.operation_id)
     assert after.status is OperationStatus.FAILED
     assert f"{MAX_RESUMES} resumes" in after.error_message
     assert remote.deletes == []  # nothing had started remotely
+
+
+def test_progress_after_a_resume_starts_the_resume_count_anew(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    op = make_cycle(store, step=Step.POLL_TRAINING, training_id=TRAINING_ID)
+    clock = RESUME_AFTER + 1
+    for _ in range(MAX_RESUMES):
+        reconcile_cycles(store, settings, later(clock))
+        clock += RESUME_AFTER + 1
+    assert len(enqueued.chains) == MAX_RESUMES
+
+    # The resumed poll ran once (heartbeat moved), then its worker died too.
+    store.update(op.operation_id, metadata={"training_status": "running"})
+    report = reconcile_cycles(store, settings, later(clock))
+
+    assert report["resumed"] == [op.operation_id]
+    assert store.get(op.operation_id).metadata["resume_count"] == 1
 
 
 def test_lost_cycle_cancel_is_queued_when_the_api_is_unreachable(
@@ -304,7 +272,12 @@ def test_decision_follows_the_rules_for_any_age_step_and_resume_count(
         "research_chain",
         lambda op_id, ids: type("C", (), {"apply_async": lambda self: chains.append(ids)})(),
     )
-    op = make_cycle(store, step=step, metadata={"resume_count": resumes})
+    op = make_cycle(store, step=step)
+    store.update(
+        op.operation_id,
+        metadata={"resume_count": resumes, "resumed_heartbeat_at": op.heartbeat_at},
+        heartbeat_at=op.heartbeat_at,
+    )
 
     report = reconcile_cycles(store, settings, later(age))
 
@@ -312,9 +285,12 @@ def test_decision_follows_the_rules_for_any_age_step_and_resume_count(
     if age < RESUME_AFTER - 1:  # a second of slack for the real clock under the test
         assert report == {"resumed": [], "failed": []}
         assert after.status is op.status
-    elif age > RESUME_AFTER + 1 and (age > LOST_AFTER + 1 or resumes >= MAX_RESUMES):
+    elif age > LOST_AFTER + 1:
         assert report["failed"] == [op.operation_id]
         assert after.status is OperationStatus.FAILED
+    elif age > RESUME_AFTER + 1 and resumes >= MAX_RESUMES:
+        assert report == {"resumed": [], "failed": []}
+        assert after.status is op.status
     elif age > RESUME_AFTER + 1 and age < LOST_AFTER - 1:
         assert report["resumed"] == [op.operation_id]
         assert min(chains[0]) == max(Step.DESIGN, step)
