@@ -14,6 +14,7 @@ Lua script, so Redis itself serialises the check and the write:
                                                field/value...
              -> {1, status} applied | {0, current status, "" or "stale"} refused
              Terminal statuses are final; progress is written only when it does not go back;
+             `started_at` is written once, by the first move to running;
              the step (position in the chain) only moves forward, so a stale duplicate of an
              earlier task learns that the chain has moved on and stops.
 
@@ -118,7 +119,13 @@ if ARGV[3] ~= '' then
     redis.call('HSET', KEYS[1], 'progress_pct', ARGV[3], 'progress', ARGV[4])
   end
 end
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 7, #ARGV, 2 do
+  if ARGV[i] == 'started_at' then
+    redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
 local status = current
 if ARGV[2] ~= '' then
   status = ARGV[2]

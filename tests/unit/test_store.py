@@ -138,6 +138,20 @@ def test_step_only_moves_forward(store: Store) -> None:
     assert store.enter_step("a", 3, Phase.TRAINING) == "ended"
 
 
+def test_started_at_is_when_the_cycle_first_ran(store: Store) -> None:
+    op = new_operation()
+    store.create_operation(op, limit=1)
+    assert store.get(op.operation_id).started_at is None
+    assert store.enter_step(op.operation_id, 1, Phase.DESIGNING) == "ok"
+    first = store.get(op.operation_id).started_at
+    store.redis.hset(operation_key(op.operation_id), "started_at", "2001-01-01T00:00:00Z")
+
+    assert store.enter_step(op.operation_id, 2, Phase.TRAINING) == "ok"
+
+    assert first is not None
+    assert store.get(op.operation_id).started_at == "2001-01-01T00:00:00Z"
+
+
 def test_metadata_keys_are_merged_not_replaced(store: Store) -> None:
     store.create_operation(new_operation("a"), limit=1)
     store.update("a", metadata={"strategy_name": "s"})
