@@ -11,12 +11,20 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ktrdr_tasks.errors import ConfigurationError
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _env(*names: str) -> AliasChoices:
@@ -88,7 +96,7 @@ class Settings(BaseSettings):
     design_timeframes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("KTRDR_DESIGN_TIMEFRAMES")
     )
-    anthropic_api_key: str | None = Field(None, validation_alias=_env("ANTHROPIC_API_KEY"))
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=_env("ANTHROPIC_API_KEY"))
     anthropic_base_url: str = Field(
         "https://api.anthropic.com", validation_alias=_env("ANTHROPIC_BASE_URL")
     )
@@ -124,6 +132,14 @@ class Settings(BaseSettings):
             raise ValueError(f"expected a date as YYYY-MM-DD, got {text!r}")
         return text
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_log_level(cls, value: object) -> str:
+        level = str(value).strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return level
+
     @model_validator(mode="after")
     def _poll_fits_visibility(self) -> Settings:
         # A countdown longer than the visibility timeout is redelivered while it still waits
@@ -132,6 +148,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"KTRDR_POLL_INTERVAL_S ({self.poll_interval_s}) must be shorter than "
                 f"KTRDR_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s})"
+            )
+        # A healthy poll writes the heartbeat once per interval: a shorter stale limit would
+        # have the reconciler "resume" every healthy cycle on every pass.
+        if self.resume_after_s <= 2 * self.poll_interval_s:
+            raise ValueError(
+                f"KTRDR_RESUME_AFTER_S ({self.resume_after_s}) must be more than twice "
+                f"KTRDR_POLL_INTERVAL_S ({self.poll_interval_s})"
             )
         # The LLM design step runs up to two calls: a message held longer than the visibility
         # timeout is delivered a second time while the first run still designs.

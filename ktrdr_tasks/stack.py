@@ -469,7 +469,14 @@ class Stack:
         return conf
 
     def _celery_argv(self, role: str) -> list[str]:
-        argv = [_console_script("celery"), "-A", "ktrdr_tasks", role, "--loglevel", "INFO"]
+        argv = [
+            _console_script("celery"),
+            "-A",
+            "ktrdr_tasks",
+            role,
+            "--loglevel",
+            self.settings.log_level,
+        ]
         if role == "worker":
             argv += [
                 "--concurrency",

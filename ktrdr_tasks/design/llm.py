@@ -211,7 +211,9 @@ def _post(
         "messages": messages,
     }
     headers = {
-        "x-api-key": settings.anthropic_api_key or "",
+        "x-api-key": settings.anthropic_api_key.get_secret_value()
+        if settings.anthropic_api_key
+        else "",
         "anthropic-version": ANTHROPIC_VERSION,
         "content-type": "application/json",
     }

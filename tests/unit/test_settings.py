@@ -60,6 +60,29 @@ def test_llm_designer_needs_a_visibility_timeout_longer_than_a_design(
     assert get_settings().designer == "anthropic"
 
 
+def test_stale_limit_must_leave_room_for_healthy_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KTRDR_POLL_INTERVAL_S", "20")
+    monkeypatch.setenv("KTRDR_RESUME_AFTER_S", "30")
+    with pytest.raises(ConfigurationError, match="KTRDR_RESUME_AFTER_S"):
+        get_settings()
+
+
+def test_log_level_is_checked_and_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KTRDR_LOG_LEVEL", "debug")
+    assert Settings().log_level == "DEBUG"
+    monkeypatch.setenv("KTRDR_LOG_LEVEL", "chatty")
+    with pytest.raises(ConfigurationError, match="KTRDR_LOG_LEVEL"):
+        get_settings()
+
+
+def test_api_key_never_shows_in_a_printed_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-do-not-print")
+    settings = Settings()
+    assert "sk-ant-do-not-print" not in repr(settings)
+    assert "sk-ant-do-not-print" not in settings.model_dump_json()
+    assert settings.anthropic_api_key.get_secret_value() == "sk-ant-do-not-print"
+
+
 def test_bad_date_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KTRDR_TRAINING_END_DATE", "next year")
     with pytest.raises(ConfigurationError, match="YYYY-MM-DD"):
