@@ -1,9 +1,10 @@
 """Progress maths: where a cycle stands, from the remote training's own report. No I/O.
 
 Training occupies 35-85 % of a cycle (DESIGN section 1). Epoch details come from the best
-source a backend offers: the reference host's `context`, else the last `metrics.epochs[]`
-entry (a real ktrdr backend), else `current_step` text ("Epoch 3/10 · Batch 120/460"),
-else `steps_completed`/`steps_total`.
+source a backend offers. The epoch: the reference host's `context`, else the `current_step`
+text of a real ktrdr backend ("Epoch 3/10 · Batch 120/460"), else the last `metrics.epochs[]`
+entry, else `steps_completed`/`steps_total`. Losses and accuracy: `context`, else the last
+`metrics.epochs[]` entry.
 """
 
 from __future__ import annotations

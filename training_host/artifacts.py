@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,9 @@ def _write_json(path: Path, payload: Any) -> None:
 def _point_latest(strategy_dir: Path, timeframe: str, target: str) -> None:
     # Relative link, replaced atomically: readers see the old or the new model, never none.
     link = strategy_dir / f"{timeframe}_latest"
-    temporary = strategy_dir / f".{timeframe}_latest.{os.getpid()}.tmp"
-    if temporary.is_symlink() or temporary.exists():
-        temporary.unlink()
+    # Unique per call: two jobs of one strategy finishing together (threads of one host
+    # process) must not unlink each other's link mid-flight.
+    temporary = strategy_dir / f".{timeframe}_latest.{uuid.uuid4().hex}.tmp"
     temporary.symlink_to(target)
     os.replace(temporary, link)
 

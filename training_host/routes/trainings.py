@@ -8,13 +8,13 @@ operation fails at once, naming the data that does exist.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
 from ktrdr_tasks.errors import StrategyError, StrategyValidationError
+from ktrdr_tasks.strategy import strategy_path, validate_strategy_name
 from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
 from training_host.errors import NoDataError
 from training_host.market_data import normalise_timeframe
@@ -23,27 +23,27 @@ from training_host.schemas import TrainingStartRequest, TrainingStartResponse
 
 router = APIRouter(prefix="/trainings", tags=["Training"])
 
-STRATEGY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*\Z")
-
 
 def strategy_file(name: str, strategies_dir: Path) -> Path:
-    """`<dir>/<name>.yaml`, refusing names and symlinks that lead outside the directory."""
-    if not STRATEGY_NAME.match(name):
+    """`<dir>/<name>.yaml` by the orchestrator's own rules, refused in ktrdr's words."""
+    try:
+        validate_strategy_name(name)
+    except StrategyError:
         raise HTTPException(
             status_code=400,
             detail=f"Invalid strategy name '{name}': Strategy name may only contain "
             "alphanumerics, dashes, or underscores",
+        ) from None
+    try:
+        path = strategy_path(name, strategies_dir)
+    except StrategyError:  # a symlink leading outside the directory: as good as missing
+        path = None
+    if path is None or not path.is_file():
+        raise HTTPException(
+            status_code=400,
+            detail=f"Strategy file not found: {name}.yaml (searched: {strategies_dir.resolve()})",
         )
-    root = strategies_dir.resolve()
-    candidates = [root / f"{name}.yaml", root / f"{name}.yml"]
-    for candidate in candidates:
-        resolved = candidate.resolve()
-        if resolved.is_file() and resolved.is_relative_to(root):
-            return resolved
-    raise HTTPException(
-        status_code=400,
-        detail=f"Strategy file not found: {name}.yaml (searched: {root})",
-    )
+    return path
 
 
 def _invalid(name: str, path: Path, errors: list[str], code: str, fields: list[Any]) -> Any:
