@@ -281,6 +281,8 @@ def stack(
         "KTRDR_STRATEGIES_DIR": str(strategies),
         "KTRDR_MODELS_DIR": str(log_dir / "models"),
         "KTRDR_POLL_INTERVAL_S": str(poll_interval_s),
+        # The stale limit must exceed twice the poll interval (settings refuse less).
+        "KTRDR_RESUME_AFTER_S": str(max(60.0, 3 * poll_interval_s)),
         "KTRDR_MAX_ACTIVE_CYCLES": str(max_active),
         "KTRDR_TRAINING_START_DATE": "2017-05-01",
         "KTRDR_TRAINING_END_DATE": "2018-02-01",

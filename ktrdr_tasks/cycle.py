@@ -146,10 +146,21 @@ def run_design(
         seed=design_seed(op_id),
         on_progress=on_progress,
     )
-    recorded = store.get(op_id).strategy_name
-    if recorded:  # a run that lost its lease mid-design: keep the design the cycle recorded
-        log.warning("%s: late design %s discarded; the cycle has %s", op_id, result.name, recorded)
-        return recorded
+    if not store.claim_metadata(op_id, "strategy_name", result.name):
+        # Another run of this step (one whose lease lapsed) recorded its design first, and the
+        # chain goes on with that one: this design was never the cycle's.
+        recorded = store.get(op_id)
+        if recorded.status.is_terminal:
+            raise CycleStopped(f"cycle {recorded.status.value} during design")
+        if recorded.strategy_name != result.name:
+            result.path.unlink(missing_ok=True)
+        log.warning(
+            "%s: late design %s discarded; the cycle has %s",
+            op_id,
+            result.name,
+            recorded.strategy_name,
+        )
+        return str(recorded.strategy_name)
     _update_or_stop(
         store,
         op_id,

@@ -43,10 +43,18 @@ def resume_step(operation: Operation) -> Step:
 
 
 def resumes_without_progress(operation: Operation) -> int:
-    """Resumes since the heartbeat last moved: progress after a resume starts the count anew."""
-    if operation.metadata.get("resumed_heartbeat_at") != last_beat(operation):
+    """Resumes since the cycle last got further: a later step or more progress starts anew.
+
+    Not the heartbeat: a resumed step that enters (writing the heartbeat) and then kills its
+    worker would look like progress, and be resumed forever.
+    """
+    meta = operation.metadata
+    if "resumed_at_step" not in meta:
         return 0
-    return int(operation.metadata.get("resume_count") or 0)
+    moved_on = operation.step > int(meta["resumed_at_step"]) or operation.progress.percentage > (
+        float(meta.get("resumed_at_pct") or 0.0)
+    )
+    return 0 if moved_on else int(meta.get("resume_count") or 0)
 
 
 def reconcile_cycles(store: Store, settings: Settings, now: float) -> dict[str, list[str]]:
@@ -90,7 +98,8 @@ def reconcile_cycles(store: Store, settings: Settings, now: float) -> dict[str, 
         ids = chain_task_ids(step)
         changes: dict[str, Any] = {
             "resume_count": resumes + 1,
-            "resumed_heartbeat_at": last_beat(operation),
+            "resumed_at_step": operation.step,
+            "resumed_at_pct": operation.progress.percentage,
             "resumed_from_step": step.name,
             "resumed_at_ts": now,
         }

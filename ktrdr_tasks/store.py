@@ -139,6 +139,15 @@ return {1, status}
 """
 )
 
+_CLAIM = (
+    _LUA_HELPERS
+    + """
+local current = redis.call('HGET', KEYS[1], 'status')
+if (not current) or is_terminal(current) then return 0 end
+return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+"""
+)
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -225,6 +234,7 @@ class Store:
         self.safe_url = safe_url
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
+        self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
 
@@ -342,6 +352,16 @@ class Store:
         if applied:
             return "ok"
         return "stale" if current == "stale" else "ended"
+
+    @_redis_errors
+    def claim_metadata(self, operation_id: str, key: str, value: Any) -> bool:
+        """Set metadata `key` of an active operation unless some writer already set it.
+
+        For facts a cycle must have exactly one of (its strategy), when two runs of a step
+        could both produce one.
+        """
+        field, encoded = _encode_fields(_metadata_fields({key: value}))
+        return bool(self._claim(keys=[operation_key(operation_id)], args=[field, encoded]))
 
     @_redis_errors
     def apply(

@@ -102,9 +102,9 @@ def _run_step(task: Task, operation_id: str, step: Step, body: StepBody) -> Any:
     try:
         return _run_step_with_store(task, get_store(), settings, operation_id, step, body)
     except StoreUnavailableError as exc:
-        # A Redis blip must not fail or strand the cycle: the step is idempotent, run it again
-        # once Redis is back (if the retry cannot be published either, the unacked message
-        # comes back after the visibility timeout, and the reconciler is the last resort).
+        # A Redis blip must not fail the cycle: the step is idempotent, run it again once Redis
+        # is back. If the retry cannot be published either (the broker is the same Redis),
+        # Celery rejects the message and the reconciler resumes the cycle from its step.
         countdown = max(1.0, settings.poll_interval_s)
         log.warning("%s %s: %s; retrying in %.0f s", operation_id, step.name, exc, countdown)
         raise task.retry(countdown=countdown, max_retries=None) from None

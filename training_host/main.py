@@ -97,7 +97,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=int, help="trainings at once (KTRDR_TRAINING_CONCURRENCY)"
     )
-    parser.add_argument("--log-level", help="uvicorn log level (KTRDR_LOG_LEVEL, default info)")
+    parser.add_argument(
+        "--log-level",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (KTRDR_LOG_LEVEL, default INFO)",
+    )
     return parser.parse_args(argv)
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ktrdr_tasks import workflow
 from ktrdr_tasks.cycle import Step
-from ktrdr_tasks.models import OperationStatus
+from ktrdr_tasks.models import OperationStatus, Phase, Progress
 from ktrdr_tasks.reconciler import MAX_RESUMES, reconcile_cycles
 from ktrdr_tasks.settings import Settings
 from ktrdr_tasks.store import Store
@@ -186,12 +186,28 @@ def test_progress_after_a_resume_starts_the_resume_count_anew(
         clock += RESUME_AFTER + 1
     assert len(enqueued.chains) == MAX_RESUMES
 
-    # The resumed poll ran once (heartbeat moved), then its worker died too.
-    store.update(op.operation_id, metadata={"training_status": "running"})
+    # The resumed poll reported training progress, then its worker died too.
+    store.update(op.operation_id, progress=Progress(percentage=50, current_step="Epoch 4/10"))
     report = reconcile_cycles(store, settings, later(clock))
 
     assert report["resumed"] == [op.operation_id]
     assert store.get(op.operation_id).metadata["resume_count"] == 1
+
+
+def test_step_that_kills_its_worker_every_time_is_not_resumed_forever(
+    store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
+) -> None:
+    # Each resumed run enters its step (writing the heartbeat), then its worker dies.
+    op = make_cycle(store, step=Step.START_TRAINING)
+    clock = RESUME_AFTER + 1
+    for _ in range(MAX_RESUMES + 3):
+        reconcile_cycles(store, settings, later(clock))
+        assert store.enter_step(op.operation_id, Step.START_TRAINING, Phase.TRAINING) == "ok"
+        clock += RESUME_AFTER + 1
+
+    assert len(enqueued.chains) == MAX_RESUMES
+    report = reconcile_cycles(store, settings, later(LOST_AFTER + 1))
+    assert report["failed"] == [op.operation_id]
 
 
 def test_lost_cycle_cancel_is_queued_when_the_api_is_unreachable(
@@ -275,7 +291,11 @@ def test_decision_follows_the_rules_for_any_age_step_and_resume_count(
     op = make_cycle(store, step=step)
     store.update(
         op.operation_id,
-        metadata={"resume_count": resumes, "resumed_heartbeat_at": op.heartbeat_at},
+        metadata={
+            "resume_count": resumes,
+            "resumed_at_step": op.step,
+            "resumed_at_pct": op.progress.percentage,
+        },
         heartbeat_at=op.heartbeat_at,
     )
 
@@ -288,7 +308,7 @@ def test_decision_follows_the_rules_for_any_age_step_and_resume_count(
     elif age > LOST_AFTER + 1:
         assert report["failed"] == [op.operation_id]
         assert after.status is OperationStatus.FAILED
-    elif age > RESUME_AFTER + 1 and resumes >= MAX_RESUMES:
+    elif RESUME_AFTER + 1 < age < LOST_AFTER - 1 and resumes >= MAX_RESUMES:
         assert report == {"resumed": [], "failed": []}
         assert after.status is op.status
     elif age > RESUME_AFTER + 1 and age < LOST_AFTER - 1:

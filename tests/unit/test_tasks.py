@@ -3,7 +3,8 @@ revoke does, and what a Redis blip does to a running cycle."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -12,7 +13,8 @@ from celery.exceptions import Ignore, Retry
 from celery.signals import task_revoked
 
 from ktrdr_tasks import cycle, tasks
-from ktrdr_tasks.cycle import Step
+from ktrdr_tasks.cycle import CycleStopped, Step
+from ktrdr_tasks.design import DesignResult
 from ktrdr_tasks.errors import StoreUnavailableError
 from ktrdr_tasks.models import OperationStatus
 from ktrdr_tasks.settings import Settings
@@ -120,10 +122,18 @@ def test_revoked_step_of_a_running_cycle_cancels_nothing(store: Store, remote: R
     polling_cycle(store)
 
     revoke("ktrdr.poll_training", CYCLE_ID)
-    revoke("ktrdr.cancel_training", TRAINING_ID)
 
     assert remote.deletes == []
     assert store.get(CYCLE_ID).status is OperationStatus.RUNNING
+
+
+def test_revoked_housekeeping_task_is_not_mistaken_for_a_step(store: Store, remote: Remote) -> None:
+    polling_cycle(store)
+    store.cancel(CYCLE_ID)
+
+    revoke("ktrdr.reconcile", CYCLE_ID)
+
+    assert remote.deletes == []
 
 
 def test_redis_down_when_a_step_starts_retries_the_step(
@@ -164,6 +174,83 @@ def test_redis_blip_inside_a_step_retries_it_instead_of_failing_the_cycle(
     after = store.get(CYCLE_ID)
     assert after.status is OperationStatus.RUNNING
     assert after.error_message is None
+
+
+def designer_writing(tmp_path: Path, name: str) -> Callable[..., DesignResult]:
+    def design(*_: object, **__: object) -> DesignResult:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text("name: x\n")
+        return DesignResult(name, path, {"name": name}, "a hypothesis", name, "builtin")
+
+    return design
+
+
+def test_design_finishing_after_another_run_recorded_one_is_discarded(
+    store: Store, tmp_path: Path
+) -> None:
+    # Two runs of one design step (the first lost its lease): the chain goes on with the
+    # design recorded first, whatever the second run produced.
+    make_cycle(store, step=Step.DESIGN)
+    settings = Settings(strategies_dir=tmp_path)
+
+    def run(name: str) -> str:
+        return cycle.run_design(
+            store,
+            settings,
+            store.get(CYCLE_ID),
+            designer_writing(tmp_path, name),
+            lambda config: {"name": config["name"]},
+            lambda: None,
+        )
+
+    stale_view = store.get(CYCLE_ID)  # the second run read the record before the first wrote
+    assert run("first_design") == "first_design"
+    late = cycle.run_design(
+        store,
+        settings,
+        stale_view,
+        designer_writing(tmp_path, "second_design"),
+        lambda config: {"name": config["name"]},
+        lambda: None,
+    )
+
+    assert late == "first_design"
+    assert store.get(CYCLE_ID).strategy_name == "first_design"
+    assert store.get(CYCLE_ID).metadata["design"] == {"name": "first_design"}
+    assert sorted(p.name for p in tmp_path.glob("*.yaml")) == ["first_design.yaml"]
+
+
+def test_design_finishing_after_a_cancel_stops_and_keeps_its_file(
+    store: Store, tmp_path: Path
+) -> None:
+    make_cycle(store, step=Step.DESIGN)
+    running = store.get(CYCLE_ID)
+    store.cancel(CYCLE_ID)
+
+    with pytest.raises(CycleStopped):
+        cycle.run_design(
+            store,
+            Settings(strategies_dir=tmp_path),
+            running,
+            designer_writing(tmp_path, "late_design"),
+            lambda config: config,
+            lambda: None,
+        )
+
+    assert store.get(CYCLE_ID).strategy_name is None
+    assert (tmp_path / "late_design.yaml").is_file()
+
+
+@pytest.mark.parametrize("visibility_s", [30.0, 250.0, 600.0, 3600.0])
+def test_lease_ttl_fits_the_visibility_timeout_and_an_llm_call(visibility_s: float) -> None:
+    llm = Settings(
+        visibility_timeout_s=visibility_s,
+        anthropic_timeout_s=min(120.0, visibility_s / 2 - 1),
+        designer="anthropic",
+        poll_interval_s=5,
+    )
+    ttl = tasks.lease_ttl_s(Step.DESIGN, llm)
+    assert llm.anthropic_timeout_s < ttl <= visibility_s / 2
 
 
 def test_lease_never_outlasts_half_the_visibility_timeout() -> None:
