@@ -109,8 +109,8 @@ def reconcile_cycles(store: Store, settings: Settings, now: float) -> dict[str, 
             op_id,
             metadata=changes,
             task_ids=[*operation.task_ids, *ids.values()],
-            # Keep the last real progress: "lost since" and KTRDR_LOST_AFTER_S count from it.
-            heartbeat_at=last_beat(operation),
+            # Not a heartbeat: "lost since" and KTRDR_LOST_AFTER_S count from the last real one.
+            heartbeat=False,
         ):
             continue
         research_chain(op_id, ids).apply_async()

@@ -374,11 +374,17 @@ class Store:
         progress: Progress | None = None,
         metadata: Mapping[str, Any] | None = None,
         step: int | None = None,
+        heartbeat: bool = True,
         **fields: Any,
     ) -> tuple[bool, str]:
-        """The atomic update behind `update` and `enter_step`: (applied, status or refusal)."""
+        """The atomic update behind `update` and `enter_step`: (applied, status or refusal).
+
+        Every write is a heartbeat unless `heartbeat=False`: a write that is not the cycle's
+        own progress (a resume) must neither count as progress nor roll a newer one back.
+        """
         now = iso(utc_now())
-        values: dict[str, Any] = {"heartbeat_at": now, **fields}
+        values: dict[str, Any] = {"heartbeat_at": now} if heartbeat else {}
+        values.update(fields)
         if phase is not None:
             values["phase"] = phase.value
         if status is not None and status in TERMINAL_STATUSES:

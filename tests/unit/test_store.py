@@ -152,6 +152,18 @@ def test_started_at_is_when_the_cycle_first_ran(store: Store) -> None:
     assert store.get(op.operation_id).started_at == "2001-01-01T00:00:00Z"
 
 
+def test_a_write_that_is_no_heartbeat_leaves_the_newest_one(store: Store) -> None:
+    op = new_operation()
+    store.create_operation(op, limit=1)
+    store.redis.hset(operation_key(op.operation_id), "heartbeat_at", "2030-01-01T00:00:00Z")
+
+    assert store.update(op.operation_id, metadata={"resume_count": 1}, heartbeat=False)
+    assert store.get(op.operation_id).heartbeat_at == "2030-01-01T00:00:00Z"
+
+    assert store.update(op.operation_id, metadata={"resume_count": 2})
+    assert store.get(op.operation_id).heartbeat_at != "2030-01-01T00:00:00Z"
+
+
 def test_metadata_keys_are_merged_not_replaced(store: Store) -> None:
     store.create_operation(new_operation("a"), limit=1)
     store.update("a", metadata={"strategy_name": "s"})
