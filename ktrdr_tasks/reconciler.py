@@ -27,12 +27,9 @@ log = logging.getLogger("ktrdr_tasks.reconciler")
 MAX_RESUMES = 3
 
 
-def last_beat(operation: Operation) -> str:
-    return operation.heartbeat_at or operation.created_at
-
-
 def heartbeat_age(operation: Operation, now: float) -> float:
-    return now - parse_iso(last_beat(operation)).timestamp()
+    stamp = operation.heartbeat_at or operation.created_at
+    return now - parse_iso(stamp).timestamp()
 
 
 def resume_step(operation: Operation) -> Step:

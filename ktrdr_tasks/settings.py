@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AliasChoices,
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
@@ -25,6 +26,18 @@ from ktrdr_tasks.errors import ConfigurationError
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level_name(value: object) -> str:
+    level = str(value).strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
+# One variable (KTRDR_LOG_LEVEL) sets the level of every process of a deployment, the
+# training host included, so every settings class reads it through this type.
+LogLevel = Annotated[str, BeforeValidator(_log_level_name)]
 
 
 def _env(*names: str) -> AliasChoices:
@@ -107,7 +120,7 @@ class Settings(BaseSettings):
         120.0, gt=0, validation_alias=_env("KTRDR_ANTHROPIC_TIMEOUT_S")
     )
 
-    log_level: str = Field("INFO", validation_alias=_env("KTRDR_LOG_LEVEL"))
+    log_level: LogLevel = Field("INFO", validation_alias=_env("KTRDR_LOG_LEVEL"))
 
     # TLS to Redis (a `rediss://` REDIS_URL): verify the server unless told otherwise.
     redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
@@ -131,14 +144,6 @@ class Settings(BaseSettings):
         if not _DATE.match(text):
             raise ValueError(f"expected a date as YYYY-MM-DD, got {text!r}")
         return text
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _known_log_level(cls, value: object) -> str:
-        level = str(value).strip().upper()
-        if level not in LOG_LEVELS:
-            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
-        return level
 
     @model_validator(mode="after")
     def _poll_fits_visibility(self) -> Settings:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ktrdr_tasks.settings import LOG_LEVELS
+from ktrdr_tasks.settings import LogLevel
 
 
 def _default_torch_threads() -> int:
@@ -44,13 +44,4 @@ class HostSettings(BaseSettings):
         validation_alias=AliasChoices("KTRDR_TORCH_THREADS"),
     )
     seed: int = Field(42, validation_alias=AliasChoices("KTRDR_TRAINING_SEED"))
-    log_level: str = Field("INFO", validation_alias=AliasChoices("KTRDR_LOG_LEVEL"))
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _known_log_level(cls, value: object) -> str:
-        # One variable sets the level of every process of a deployment: the same names here.
-        level = str(value).strip().upper()
-        if level not in LOG_LEVELS:
-            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
-        return level
+    log_level: LogLevel = Field("INFO", validation_alias=AliasChoices("KTRDR_LOG_LEVEL"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import fakeredis
@@ -155,14 +155,23 @@ def test_cycle_stale_past_lost_after_is_failed_and_its_remote_job_cancelled(
     assert store.active_ids() == []
 
 
+def reconcile_passes(
+    store: Store, settings: Settings, passes: int, between: Callable[[], object] = lambda: None
+) -> float:
+    """Run `passes` reconciler passes a full resume period apart; return the clock after them."""
+    clock = RESUME_AFTER + 1
+    for _ in range(passes):
+        reconcile_cycles(store, settings, later(clock))
+        between()
+        clock += RESUME_AFTER + 1
+    return clock
+
+
 def test_resumes_without_progress_stop_but_the_cycle_fails_only_at_lost_after(
     store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
 ) -> None:
     op = make_cycle(store, step=Step.START_TRAINING)
-    clock = RESUME_AFTER + 1
-    for _ in range(MAX_RESUMES + 2):
-        reconcile_cycles(store, settings, later(clock))
-        clock += RESUME_AFTER + 1
+    clock = reconcile_passes(store, settings, MAX_RESUMES + 2)
     assert clock < LOST_AFTER
     assert len(enqueued.chains) == MAX_RESUMES
     assert store.get(op.operation_id).status is OperationStatus.RUNNING
@@ -180,10 +189,7 @@ def test_progress_after_a_resume_starts_the_resume_count_anew(
     store: Store, settings: Settings, remote: Remote, enqueued: Enqueued
 ) -> None:
     op = make_cycle(store, step=Step.POLL_TRAINING, training_id=TRAINING_ID)
-    clock = RESUME_AFTER + 1
-    for _ in range(MAX_RESUMES):
-        reconcile_cycles(store, settings, later(clock))
-        clock += RESUME_AFTER + 1
+    clock = reconcile_passes(store, settings, MAX_RESUMES)
     assert len(enqueued.chains) == MAX_RESUMES
 
     # The resumed poll reported training progress, then its worker died too.
@@ -199,11 +205,11 @@ def test_step_that_kills_its_worker_every_time_is_not_resumed_forever(
 ) -> None:
     # Each resumed run enters its step (writing the heartbeat), then its worker dies.
     op = make_cycle(store, step=Step.START_TRAINING)
-    clock = RESUME_AFTER + 1
-    for _ in range(MAX_RESUMES + 3):
-        reconcile_cycles(store, settings, later(clock))
+
+    def resumed_run_enters_and_dies() -> None:
         assert store.enter_step(op.operation_id, Step.START_TRAINING, Phase.TRAINING) == "ok"
-        clock += RESUME_AFTER + 1
+
+    reconcile_passes(store, settings, MAX_RESUMES + 3, between=resumed_run_enters_and_dies)
 
     assert len(enqueued.chains) == MAX_RESUMES
     report = reconcile_cycles(store, settings, later(LOST_AFTER + 1))

@@ -75,6 +75,18 @@ def test_log_level_is_checked_and_normalised(monkeypatch: pytest.MonkeyPatch) ->
         get_settings()
 
 
+def test_training_host_reads_the_same_log_level_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from training_host.settings import HostSettings
+
+    monkeypatch.setenv("KTRDR_LOG_LEVEL", "warning")
+    assert HostSettings().log_level == "WARNING"
+    monkeypatch.setenv("KTRDR_LOG_LEVEL", "trace")
+    with pytest.raises(ValidationError, match="DEBUG, INFO, WARNING, ERROR, CRITICAL"):
+        HostSettings()
+
+
 def test_api_key_never_shows_in_a_printed_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-do-not-print")
     settings = Settings()
