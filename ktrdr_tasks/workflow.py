@@ -7,7 +7,10 @@ A web backend calls `trigger()` (or builds `research_chain(op_id)` and calls
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from celery import chain
@@ -26,7 +29,7 @@ from ktrdr_tasks.models import (
 from ktrdr_tasks.remote import cancel_orphaned_job
 from ktrdr_tasks.settings import get_settings
 from ktrdr_tasks.steps import FIRST_STEP, Step, steps_from
-from ktrdr_tasks.store import Store, get_store
+from ktrdr_tasks.store import Store, get_store, reset_store
 from ktrdr_tasks.strategy import load_strategy_config, validate_strategy_name
 from ktrdr_tasks.training_api import get_client
 
@@ -183,3 +186,26 @@ def list_operations(
 
 def history(limit: int = 20, store: Store | None = None) -> list[dict[str, Any]]:
     return (store or get_store()).recent_history(limit)
+
+
+def use_environment(env: Mapping[str, str]) -> None:
+    """Point this process (trigger, status, cancel, revoke) at the services `env` names.
+
+    Settings, the store and the Celery app each read the environment once; a process that
+    starts its own stack (the demo, a test module with its own redis-server) makes all three
+    read it again here, the one place that knows how.
+    """
+    os.environ.update(env)
+    get_settings.cache_clear()
+    reset_store()
+    # The app read its configuration module (and REDIS_URL through it) on first use: drop the
+    # connection pools and cached objects built on it, and have it read the module again.
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    for cached in ("amqp", "control"):
+        app.__dict__.pop(cached, None)
+    source = getattr(app, "_config_source", None)
+    if isinstance(source, str):
+        sys.modules.pop(source, None)
+    app._conf = None
