@@ -38,7 +38,7 @@ from ktrdr_tasks.strategy import (
     strategy_path,
     training_params_for,
 )
-from ktrdr_tasks.training_api import StartTrainingRequest, TrainingApiClient
+from ktrdr_tasks.training_api import RemoteOperation, StartTrainingRequest, TrainingApiClient
 
 __all__ = ["Step"]  # re-exported: callers of the step functions name steps through here too
 
@@ -129,22 +129,7 @@ def run_design(
 
     requested = operation.metadata.get("requested_strategy")
     if requested:
-        config = load_strategy_config(requested, settings.strategies_dir)
-        path = strategy_path(requested, settings.strategies_dir)
-        _update_or_stop(
-            store,
-            op_id,
-            progress=Progress(
-                percentage=Step.DESIGN.end, current_step=f"Using existing strategy {requested}"
-            ),
-            metadata={
-                "strategy_name": requested,
-                "strategy_path": str(path),
-                "design": summarize(config),
-                "designer": "existing",
-            },
-        )
-        return requested
+        return _use_requested(store, settings, op_id, requested, summarize)
 
     def on_progress(percentage: float, step: str) -> None:
         renew_lease()
@@ -161,20 +146,7 @@ def run_design(
         on_progress=on_progress,
     )
     if not store.claim_metadata(op_id, "strategy_name", result.name):
-        # Another run of this step (one whose lease lapsed) recorded its design first, and the
-        # chain goes on with that one: this design was never the cycle's.
-        recorded = store.get(op_id)
-        if recorded.status.is_terminal:
-            raise CycleEnded(f"cycle {recorded.status.value} during design")
-        if recorded.strategy_name != result.name:
-            result.path.unlink(missing_ok=True)
-        log.warning(
-            "%s: late design %s discarded; the cycle has %s",
-            op_id,
-            result.name,
-            recorded.strategy_name,
-        )
-        return str(recorded.strategy_name)
+        return _discard_late_design(store, op_id, result)
     _update_or_stop(
         store,
         op_id,
@@ -188,6 +160,44 @@ def run_design(
         },
     )
     return result.name
+
+
+def _use_requested(
+    store: Store,
+    settings: Settings,
+    op_id: str,
+    requested: str,
+    summarize: Callable[[dict[str, Any]], dict[str, Any]],
+) -> str:
+    config = load_strategy_config(requested, settings.strategies_dir)
+    _update_or_stop(
+        store,
+        op_id,
+        progress=Progress(
+            percentage=Step.DESIGN.end, current_step=f"Using existing strategy {requested}"
+        ),
+        metadata={
+            "strategy_name": requested,
+            "strategy_path": str(strategy_path(requested, settings.strategies_dir)),
+            "design": summarize(config),
+            "designer": "existing",
+        },
+    )
+    return requested
+
+
+def _discard_late_design(store: Store, op_id: str, result: Any) -> str:
+    """Another run of this step (one whose lease lapsed) recorded its design first, and the
+    chain goes on with that one: this design was never the cycle's."""
+    recorded = store.get(op_id)
+    if recorded.status.is_terminal:
+        raise CycleEnded(f"cycle {recorded.status.value} during design")
+    if recorded.strategy_name != result.name:
+        result.path.unlink(missing_ok=True)
+    log.warning(
+        "%s: late design %s discarded; the cycle has %s", op_id, result.name, recorded.strategy_name
+    )
+    return str(recorded.strategy_name)
 
 
 # -- training -----------------------------------------------------------------------------
@@ -282,6 +292,15 @@ def run_poll_training(services: Services, operation: Operation) -> Outcome:
             store, op_id, progress=progress, metadata={"training_status": remote.status}
         )
         return Reschedule(settings.poll_interval_s)
+    return _training_ended(services, operation, remote, progress)
+
+
+def _training_ended(
+    services: Services, operation: Operation, remote: RemoteOperation, progress: Progress
+) -> Outcome:
+    """The remote job is over: keep its result for the gate, or fail saying how it ended."""
+    store, settings, op_id = services.store, services.settings, operation.operation_id
+    training_id = operation.training_operation_id
     if remote.status == "failed":
         return Fail(
             f"training {training_id} failed on the training service: "

@@ -64,58 +64,75 @@ def reconcile_cycles(
     services: Services, now: float, resume: ResumeChain = enqueue_steps
 ) -> dict[str, list[str]]:
     """One pass over the active cycles; returns the ids resumed and failed."""
-    store, settings = services.store, services.settings
     report: dict[str, list[str]] = {"resumed": [], "failed": []}
-    for operation in store.active_operations():
-        age = heartbeat_age(operation, now)
-        op_id = operation.operation_id
-        # A resume leaves the heartbeat alone (it is no progress); wait a full
-        # `resume_after_s` after it before judging again, so resumes are not fired every pass.
-        resumed_at = operation.bookkeeping.resumed_at_ts
-        quiet = min(age, now - resumed_at) if resumed_at else age
-        if quiet < settings.resume_after_s:
+    for operation in services.store.active_operations():
+        if not _needs_attention(services, operation, now):
             continue
-        if operation.step >= FIRST_STEP and store.lease_remaining_s(
-            op_id, resume_step(operation).name
+        if heartbeat_age(operation, now) >= services.settings.lost_after_s:
+            if _fail_lost(services, operation, now):
+                report["failed"].append(operation.operation_id)
+        elif resumes_without_progress(operation) < MAX_RESUMES and _resume(
+            services, operation, now, resume
         ):
-            # A live run holds the step (a long design renews its lease, not the heartbeat);
-            # a dead run's lease expires within the lease TTL.
-            continue
-        resumes = resumes_without_progress(operation)
-        if age >= settings.lost_after_s:
-            message = (
-                f"cycle lost: no worker progressed it since {operation.heartbeat_at} "
-                f"({age:.0f} s, {resumes} resumes); check that workers are running "
-                "(celery -A ktrdr_tasks worker)"
-            )
-            if fail_cycle(store, op_id, message):
-                report["failed"].append(op_id)
-                log.warning("%s %s", op_id, message)
-                cancel_orphaned_job(services.client, store.find(op_id), services.requeue_cancel)
-            continue
-        if resumes >= MAX_RESUMES:
-            continue
-
-        step = resume_step(operation)
-        ids = chain_task_ids(step)
-        changes: dict[str, Any] = {
-            "resume_count": resumes + 1,
-            "resumed_at_step": operation.step,
-            "resumed_at_pct": operation.progress.percentage,
-            "resumed_from_step": step.name,
-            "resumed_at_ts": now,
-        }
-        if Step.POLL_TRAINING in ids:
-            changes["poll_task_id"] = ids[Step.POLL_TRAINING]
-        if not store.update(
-            op_id,
-            bookkeeping=changes,
-            task_ids=[*operation.task_ids, *ids.values()],
-            # Not a heartbeat: "lost since" and KTRDR_LOST_AFTER_S count from the last real one.
-            heartbeat=False,
-        ):
-            continue
-        resume(op_id, ids)
-        report["resumed"].append(op_id)
-        log.warning("%s stale for %.0f s: resumed at %s", op_id, age, step.name)
+            report["resumed"].append(operation.operation_id)
     return report
+
+
+def _needs_attention(services: Services, operation: Operation, now: float) -> bool:
+    """Stale for a full resume period, and no live run holds its step."""
+    age = heartbeat_age(operation, now)
+    # A resume leaves the heartbeat alone (it is no progress); wait a full `resume_after_s`
+    # after it before judging again, so resumes are not fired every pass.
+    resumed_at = operation.bookkeeping.resumed_at_ts
+    quiet = min(age, now - resumed_at) if resumed_at else age
+    if quiet < services.settings.resume_after_s:
+        return False
+    # A live run holds the step (a long design renews its lease, not the heartbeat); a dead
+    # run's lease expires within the lease TTL.
+    return not (
+        operation.step >= FIRST_STEP
+        and services.store.lease_remaining_s(operation.operation_id, resume_step(operation).name)
+    )
+
+
+def _fail_lost(services: Services, operation: Operation, now: float) -> bool:
+    store, op_id = services.store, operation.operation_id
+    message = (
+        f"cycle lost: no worker progressed it since {operation.heartbeat_at} "
+        f"({heartbeat_age(operation, now):.0f} s, {resumes_without_progress(operation)} "
+        "resumes); check that workers are running (celery -A ktrdr_tasks worker)"
+    )
+    if not fail_cycle(store, op_id, message):
+        return False
+    log.warning("%s %s", op_id, message)
+    cancel_orphaned_job(services.client, store.find(op_id), services.requeue_cancel)
+    return True
+
+
+def _resume(services: Services, operation: Operation, now: float, resume: ResumeChain) -> bool:
+    """Re-enqueue the rest of the chain from the recorded step, with fresh task ids."""
+    op_id = operation.operation_id
+    step = resume_step(operation)
+    ids = chain_task_ids(step)
+    changes: dict[str, Any] = {
+        "resume_count": resumes_without_progress(operation) + 1,
+        "resumed_at_step": operation.step,
+        "resumed_at_pct": operation.progress.percentage,
+        "resumed_from_step": step.name,
+        "resumed_at_ts": now,
+    }
+    if Step.POLL_TRAINING in ids:  # the resumed poll owns the cycle; a late original stops
+        changes["poll_task_id"] = ids[Step.POLL_TRAINING]
+    if not services.store.update(
+        op_id,
+        bookkeeping=changes,
+        task_ids=[*operation.task_ids, *ids.values()],
+        # Not a heartbeat: "lost since" and KTRDR_LOST_AFTER_S count from the last real one.
+        heartbeat=False,
+    ):
+        return False
+    resume(op_id, ids)
+    log.warning(
+        "%s stale for %.0f s: resumed at %s", op_id, heartbeat_age(operation, now), step.name
+    )
+    return True
