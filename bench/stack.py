@@ -95,16 +95,16 @@ class WorkerOptions:
     concurrency: int = 2
     processes: int = 1  # worker processes (nodes) on this machine
     prefetch: int = 1
-    events: bool = True
+    events: str = "final"  # see bench.worker_app: final | all | off
+    reschedule: str = "publish"  # publish | retry (Celery's Task.retry, the old way)
     loglevel: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
-        events = "on" if self.events else "off"
         extra = "".join(f" {name}={value}" for name, value in self.extra_env.items())
         return (
             f"{self.processes}x{self.pool}(c={self.concurrency}) prefetch={self.prefetch} "
-            f"events={events} log={self.loglevel}{extra}"
+            f"events={self.events} reschedule={self.reschedule} log={self.loglevel}{extra}"
         )
 
 
@@ -146,7 +146,8 @@ class Stack:
         client.delete(READY_KEY)
         env = {
             **self.env,
-            "BENCH_TASK_EVENTS": "1" if options.events else "0",
+            "BENCH_EVENTS": options.events,
+            "BENCH_RESCHEDULE": options.reschedule,
             **options.extra_env,
         }
         started = []
@@ -327,7 +328,19 @@ def add_worker_arguments(parser: argparse.ArgumentParser, pool: str = "prefork")
     group.add_argument("--concurrency", type=int, default=2)
     group.add_argument("--workers", type=int, default=1, help="worker processes (nodes)")
     group.add_argument("--prefetch", type=int, default=1, help="--prefetch-multiplier")
-    group.add_argument("--no-events", action="store_true", help="turn task events off")
+    group.add_argument(
+        "--events",
+        choices=["final", "all", "off"],
+        default="final",
+        help="task events: the project's (final), every event Celery sends (all), none (off)",
+    )
+    group.add_argument("--no-events", action="store_true", help="same as --events off")
+    group.add_argument(
+        "--reschedule",
+        choices=["publish", "retry"],
+        default="publish",
+        help="how a step reschedules: the project's re-publish, or Celery's Task.retry",
+    )
     group.add_argument("--loglevel", default="INFO")
     group.add_argument("--py-spy", type=Path, help="record a py-spy profile of the worker here")
     group.add_argument(
@@ -345,7 +358,8 @@ def worker_options(args: argparse.Namespace) -> WorkerOptions:
         concurrency=args.concurrency,
         processes=args.workers,
         prefetch=args.prefetch,
-        events=not args.no_events,
+        events="off" if args.no_events else args.events,
+        reschedule=args.reschedule,
         loglevel=args.loglevel,
         extra_env=dict(item.split("=", 1) for item in args.worker_env),
     )

@@ -7,7 +7,14 @@
   `ktrdr.assess`, the baseline's last `bench.noop`) to a Redis list, so both are timed the
   same way, from the same place;
 - a `worker_ready` hook that tells the benchmark the worker is consuming.
-`BENCH_TASK_EVENTS=0` turns task events off (a tuning knob the benchmark compares).
+
+Knobs the benchmark compares, from the environment:
+- `BENCH_EVENTS`: `final` (the project's configuration: task events on, no `task-sent`, no
+  events for the in-between runs of a reschedule), `all` (every event Celery can send:
+  `task-sent` on, every run's `task-started` and `task-succeeded`/`task-retried`) or `off`;
+- `BENCH_RESCHEDULE`: `publish` (the project's `reschedule`) or `retry` (Celery's
+  `Task.retry`, raised through the worker, as before `reschedule` existed): the same-run
+  baseline of the countdown.
 """
 
 from __future__ import annotations
@@ -16,19 +23,38 @@ import os
 import time
 from typing import Any
 
+from celery import Task
 from celery.signals import task_postrun, worker_ready
 
-import ktrdr_tasks.tasks  # noqa: F401  (registers the chain's tasks)
+import ktrdr_tasks.tasks
 from ktrdr_tasks.app import app
+from ktrdr_tasks.steps import Step
 from ktrdr_tasks.store import get_store
 
 DONE_KEY = "bench:done"
 READY_KEY = "bench:ready"
 LAST_NOOP = "last"
+PLAIN_REQUEST = "celery.worker.request:Request"
 
-if os.environ.get("BENCH_TASK_EVENTS", "1") == "0":
+EVENTS = os.environ.get("BENCH_EVENTS", "final")
+RESCHEDULE = os.environ.get("BENCH_RESCHEDULE", "publish")
+
+if EVENTS == "off":
     app.conf.worker_send_task_events = False
     app.conf.task_send_sent_event = False
+elif EVENTS == "all":
+    app.conf.task_send_sent_event = True
+
+
+def _celery_retry(task: Task, countdown: float) -> str:
+    raise task.retry(countdown=countdown, max_retries=None)
+
+
+if RESCHEDULE == "retry":
+    ktrdr_tasks.tasks.reschedule = _celery_retry  # type: ignore[assignment]
+if RESCHEDULE == "retry" or EVENTS == "all":
+    for step in Step:
+        app.tasks[step.task_name].Request = PLAIN_REQUEST
 
 celery = app
 

@@ -62,9 +62,15 @@ class Services:
 
 @dataclass(frozen=True)
 class Reschedule:
-    """Run this step again after `countdown` seconds."""
+    """Run this step again after `countdown` seconds.
+
+    `changes` (keywords of `Store.update`) are written by the runner as it lets go of the
+    step, in the same Redis call as the lease release: a poll costs one write, not two. Two
+    reschedules are the same decision whatever they write.
+    """
 
     countdown: float
+    changes: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -267,7 +273,7 @@ def run_start_training(services: Services, operation: Operation) -> Outcome:
 
 def run_poll_training(services: Services, operation: Operation) -> Outcome:
     """One poll of the remote training: reschedule while it runs, done once it completed."""
-    store, settings, op_id = services.store, services.settings, operation.operation_id
+    settings = services.settings
     training_id = operation.training_operation_id
     if not training_id:
         return Fail("training failed: no training operation id was stored by start_training")
@@ -288,10 +294,8 @@ def run_poll_training(services: Services, operation: Operation) -> Outcome:
 
     progress = training_progress(remote, operation.strategy_name)
     if remote.is_running:
-        _update_or_stop(
-            store, op_id, progress=progress, metadata={"training_status": remote.status}
-        )
-        return Reschedule(settings.poll_interval_s)
+        changes = {"progress": progress, "metadata": {"training_status": remote.status}}
+        return Reschedule(settings.poll_interval_s, changes)
     return _training_ended(services, operation, remote, progress)
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import redis
@@ -69,7 +70,7 @@ end
 """
 
 # PRUNE: forget an active-set member whose record expired or ended, so a lost write can never
-# block triggers (run for each member before CREATE; removing a stale member is always safe).
+# block triggers (run for each member when CREATE refuses; removing a stale member is always safe).
 #   KEYS[1] active set, KEYS[2] the member's operation hash
 #   ARGV[1] the member's operation id
 #   -> 1 removed, 0 kept (still active)
@@ -111,9 +112,7 @@ return {1}
 # Terminal statuses are final; progress is written only when it does not go back;
 # `started_at` is written once, by the first move to running; the step only moves forward,
 # so a stale duplicate of an earlier task learns that the chain has moved on and stops.
-_UPDATE = (
-    _LUA_HELPERS
-    + """
+_UPDATE_BODY = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {0, ''} end
 if is_terminal(current) then return {0, current} end
@@ -150,7 +149,7 @@ if ARGV[2] ~= '' then
 end
 return {1, status}
 """
-)
+_UPDATE = _LUA_HELPERS + _UPDATE_BODY
 
 # CLAIM: set a field of an active operation unless some writer already set it.
 #   KEYS[1] operation hash
@@ -184,6 +183,62 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# The step runner's two calls per run, one round trip each (the hot path of every poll):
+# BEGIN_STEP is `acquire_lease` + `enter_step` + `get`, END_STEP is the run's last `update` +
+# `release_lease`. UPDATE runs inside both as a function of its own KEYS and ARGV, so there is
+# one compare-and-set, not a copy of it.
+_STEP_HELPERS = (
+    _LUA_HELPERS
+    + "local function apply_update(KEYS, ARGV)\n"
+    + _UPDATE_BODY
+    + """end
+local function tail(args, first)
+  local rest = {}
+  for i = first, #args do rest[#rest + 1] = args[i] end
+  return rest
+end
+"""
+)
+
+# BEGIN_STEP: take the lease of (cycle, step), enter the step as UPDATE does, read the record.
+#   KEYS[1] lease key, KEYS[2] operation hash, KEYS[3] active set
+#   ARGV[1] the run's token, ARGV[2] lease time to live in ms, ARGV[3..] UPDATE's ARGV
+#   -> {'held', ms left}: another run holds the lease
+#    | {'ended'} | {'stale'}: UPDATE refused the step (and the lease is dropped again)
+#    | {'ok', field, value, ...}: entered; the lease is held and this is the record
+_BEGIN_STEP = (
+    _STEP_HELPERS
+    + """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return {'held', redis.call('PTTL', KEYS[1])}
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local entered = apply_update({KEYS[2], KEYS[3]}, tail(ARGV, 3))
+if entered[1] == 0 then
+  redis.call('DEL', KEYS[1])
+  if entered[2] == 'stale' then return {'stale'} end
+  return {'ended'}
+end
+local answer = redis.call('HGETALL', KEYS[2])
+table.insert(answer, 1, 'ok')
+return answer
+"""
+)
+
+# END_STEP: write the run's last change as UPDATE does and release the run's lease, together.
+#   KEYS[1] lease key, KEYS[2] operation hash, KEYS[3] active set
+#   ARGV[1] the run's token, ARGV[2..] UPDATE's ARGV
+#   -> UPDATE's answer; the lease is released whatever it is (if this run still holds it)
+_END_STEP = (
+    _STEP_HELPERS
+    + """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return apply_update({KEYS[2], KEYS[3]}, tail(ARGV, 2))
+"""
+)
 
 _JSON_FIELDS = ("progress", "task_ids", "result_summary")
 _TEXT_FIELDS = (
@@ -260,6 +315,15 @@ def _decode_operation(raw: Mapping[str, str]) -> Operation:
     return Operation.model_validate(record)
 
 
+@dataclass(frozen=True)
+class StepEntry:
+    """How `begin_step` went: "ok" (with the record), "held", "stale" or "ended"."""
+
+    state: str
+    operation: Operation | None = None
+    lease_remaining_s: float = 0.0
+
+
 class Store:
     """Operation state in Redis; safe to share between threads, create one per process."""
 
@@ -273,6 +337,8 @@ class Store:
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
+        self._begin_step = client.register_script(_BEGIN_STEP)
+        self._end_step = client.register_script(_END_STEP)
 
     @classmethod
     def from_url(
@@ -308,13 +374,15 @@ class Store:
         fields.update(_metadata_fields(operation.metadata))
         fields.update(_bookkeeping_fields(operation.bookkeeping.model_dump(exclude_defaults=True)))
         fields["progress_pct"] = operation.progress.percentage
-        created_ts = time.time()
-        for active_id in self.redis.smembers(active_key()):
-            self._prune(keys=[active_key(), operation_key(active_id)], args=[active_id])
-        answer = self._create(
-            keys=[active_key(), operation_key(operation.operation_id), index_key()],
-            args=[limit, operation.operation_id, created_ts, *_encode_fields(fields)],
-        )
+        keys = [active_key(), operation_key(operation.operation_id), index_key()]
+        args = [limit, operation.operation_id, time.time(), *_encode_fields(fields)]
+        answer = self._create(keys=keys, args=args)
+        if int(answer[0]) != 1:
+            # Only a refusal needs the active set exact: prune it and ask once more (pruning
+            # before every create would cost one call per active cycle, 2,000 at scale).
+            for active_id in answer[1:]:
+                self._prune(keys=[active_key(), operation_key(active_id)], args=[active_id])
+            answer = self._create(keys=keys, args=args)
         if int(answer[0]) == 1:
             return []
         return [str(op_id) for op_id in answer[1:]]
@@ -422,6 +490,38 @@ class Store:
         Every write is a heartbeat unless `heartbeat=False`: a write that is not the cycle's
         own progress (a resume) must neither count as progress nor roll a newer one back.
         """
+        answer = self._update(
+            keys=[operation_key(operation_id), active_key()],
+            args=self._update_args(
+                operation_id,
+                expect=expect,
+                status=status,
+                phase=phase,
+                progress=progress,
+                metadata=metadata,
+                bookkeeping=bookkeeping,
+                step=step,
+                heartbeat=heartbeat,
+                **fields,
+            ),
+        )
+        return int(answer[0]) == 1, str(answer[1])
+
+    def _update_args(
+        self,
+        operation_id: str,
+        *,
+        expect: Iterable[OperationStatus] | None = None,
+        status: OperationStatus | None = None,
+        phase: Phase | None = None,
+        progress: Progress | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        bookkeeping: Mapping[str, Any] | None = None,
+        step: int | None = None,
+        heartbeat: bool = True,
+        **fields: Any,
+    ) -> list[Any]:
+        """UPDATE's ARGV for a change (see `apply`), shared by the scripts that run UPDATE."""
         now = iso(utc_now())
         values: dict[str, Any] = {"heartbeat_at": now} if heartbeat else {}
         values.update(fields)
@@ -434,20 +534,16 @@ class Store:
         values.update(_metadata_fields(metadata or {}))
         values.update(_bookkeeping_fields(bookkeeping or {}))
         expected = ",".join(sorted(s.value for s in (expect or ACTIVE_STATUSES)))
-        answer = self._update(
-            keys=[operation_key(operation_id), active_key()],
-            args=[
-                expected,
-                status.value if status else "",
-                f"{progress.percentage:.6f}" if progress else "",
-                progress.model_dump_json() if progress else "",
-                self.retention_s,
-                "" if step is None else int(step),
-                operation_id,
-                *_encode_fields(values),
-            ],
-        )
-        return int(answer[0]) == 1, str(answer[1])
+        return [
+            expected,
+            status.value if status else "",
+            f"{progress.percentage:.6f}" if progress else "",
+            progress.model_dump_json() if progress else "",
+            self.retention_s,
+            "" if step is None else int(step),
+            operation_id,
+            *_encode_fields(values),
+        ]
 
     def finish(
         self,
@@ -496,6 +592,47 @@ class Store:
                 "nothing to cancel"
             )
         return self.get(operation_id)
+
+    # -- a step run's hot path: lease, entry and read in one call; write and release in one
+
+    @_redis_errors
+    def begin_step(
+        self, operation_id: str, step: int, phase: Phase, lease: str, token: str, ttl_s: float
+    ) -> StepEntry:
+        """Take the lease on (cycle, `lease`), enter step `step` and read the record, in one
+        round trip: what `acquire_lease`, `enter_step` and `get` do one after the other.
+
+        A refused entry ("stale", "ended") leaves no lease behind; "held" says for how long
+        another run still holds it.
+        """
+        answer = self._begin_step(
+            keys=[lease_key(operation_id, lease), operation_key(operation_id), active_key()],
+            args=[
+                token,
+                int(ttl_s * 1000),
+                *self._update_args(
+                    operation_id, step=step, phase=phase, status=OperationStatus.RUNNING
+                ),
+            ],
+        )
+        state = str(answer[0])
+        if state == "held":
+            return StepEntry("held", lease_remaining_s=max(0, int(answer[1])) / 1000)
+        if state != "ok":
+            return StepEntry(state)
+        record = dict(zip(answer[1::2], answer[2::2], strict=True))
+        return StepEntry("ok", operation=_decode_operation(record))
+
+    @_redis_errors
+    def end_step(self, operation_id: str, lease: str, token: str, **changes: Any) -> bool:
+        """Apply a step run's last change (as `update`) and release its lease, in one round
+        trip. False when the change was refused (the cycle ended or moved on); the lease is
+        released either way."""
+        answer = self._end_step(
+            keys=[lease_key(operation_id, lease), operation_key(operation_id), active_key()],
+            args=[token, *self._update_args(operation_id, **changes)],
+        )
+        return int(answer[0]) == 1
 
     # -- leases: one live run per cycle and phase --------------------------------------
 

@@ -12,9 +12,9 @@ it) and goes through `run_step`, which:
    budget for transient errors (KTRDR_POLL_MAX_ERRORS consecutive failures of a step fail the
    cycle), the failure written with its message, the remote job of a failed cycle cancelled.
 A Redis blip anywhere in this is a reschedule, never a failed cycle. `run_step` returns the
-settled outcome; the task (`step_task`) turns it into Celery's terms (retry with a countdown,
-or stop the message), so tests call `run_step` with services built from fakeredis and an
-httpx MockTransport and read the outcome instead of catching Celery exceptions.
+settled outcome; the task (`step_task`) turns it into Celery's terms (the same message again
+after a countdown, or stop the message), so tests call `run_step` with services built from
+fakeredis and an httpx MockTransport and read the outcome instead of catching Celery exceptions.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from ktrdr_tasks.errors import (
 from ktrdr_tasks.models import Operation, OperationStatus
 from ktrdr_tasks.reconciler import reconcile_cycles
 from ktrdr_tasks.remote import cancel_orphaned_job, cancel_training, queue_cancel
+from ktrdr_tasks.reschedule import reschedule
 from ktrdr_tasks.settings import Settings, get_settings
 from ktrdr_tasks.steps import Step, step_of_task
 from ktrdr_tasks.store import get_store
@@ -115,41 +116,50 @@ def _run_leased(
     store = services.store
     token = f"{task_id}:{uuid.uuid4().hex}"
     ttl = lease_ttl_s(step, services.settings)
-    if not store.acquire_lease(operation_id, step.name, token, ttl):
+    # One Redis call takes the lease, enters the step and reads the record (a refused entry
+    # leaves no lease behind); one more writes a reschedule's changes and lets go.
+    entry = store.begin_step(operation_id, step, step.phase, step.name, token, ttl)
+    if entry.state == "held":
         # Exiting here would ack a redelivered message whose first run is dead and strand the
         # cycle. Check back when the lease runs out: a live holder has by then moved the chain
         # on (this run finds the step stale and exits quietly), a dead one has let go.
-        wait = max(0.5, store.lease_remaining_s(operation_id, step.name) + 0.2)
+        wait = max(0.5, entry.lease_remaining_s + 0.2)
         log.info(
             "%s %s: another run holds this step; checking in %.1f s", operation_id, step.name, wait
         )
         return Reschedule(wait)
+    if entry.operation is None:
+        # "stale": a late duplicate of a step the live chain has passed; it must not
+        # touch the remote job the live chain is polling.
+        log.info("%s %s skipped: cycle %s", operation_id, step.name, entry.state)
+        if entry.state == "ended":
+            cancel_orphaned_job(services.client, store.find(operation_id), services.requeue_cancel)
+        return Ended(f"cycle {entry.state}")
+    if step is not Step.POLL_TRAINING:
+        log.info("%s phase: %s", operation_id, step.label)
+    operation = entry.operation
+    run = StepRun(
+        services,
+        operation,
+        task_id,
+        lambda: store.renew_lease(operation_id, step.name, token, ttl),
+    )
+    outcome: Outcome | None = None
     try:
-        entered = store.enter_step(operation_id, step, step.phase)
-        if entered != "ok":
-            # "stale": a late duplicate of a step the live chain has passed; it must not
-            # touch the remote job the live chain is polling.
-            log.info("%s %s skipped: cycle %s", operation_id, step.name, entered)
-            if entered == "ended":
-                cancel_orphaned_job(
-                    services.client, store.find(operation_id), services.requeue_cancel
-                )
-            return Ended(f"cycle {entered}")
-        if step is not Step.POLL_TRAINING:
-            log.info("%s phase: %s", operation_id, step.label)
-        operation = store.get(operation_id)
-        run = StepRun(
-            services,
-            operation,
-            task_id,
-            lambda: store.renew_lease(operation_id, step.name, token, ttl),
-        )
-        return _settle(services, operation, step, _outcome_of(run, body, step))
+        outcome = _settle(services, operation, step, _outcome_of(run, body, step))
     finally:
-        # An unreleased lease expires by itself; failing to release must not hide the outcome.
-        # Released before a retry is published, so the next run can take it.
-        with contextlib.suppress(StoreUnavailableError):
-            store.release_lease(operation_id, step.name, token)
+        if not (isinstance(outcome, Reschedule) and outcome.changes):
+            # An unreleased lease expires by itself; failing to release must not hide the
+            # outcome. Released before a retry is published, so the next run can take it.
+            with contextlib.suppress(StoreUnavailableError):
+                store.release_lease(operation_id, step.name, token)
+    if isinstance(outcome, Reschedule) and outcome.changes:
+        # A lost write is no outcome to hide: a Redis blip here reschedules (see `run_step`).
+        if not store.end_step(operation_id, step.name, token, **outcome.changes):
+            log.info("%s %s stopped: the cycle ended while it ran", operation_id, step.name)
+            return Ended("cycle ended while its step was writing")
+        return Reschedule(outcome.countdown)
+    return outcome
 
 
 def _outcome_of(run: StepRun, body: StepBody, step: Step) -> Outcome | TransientApiError:
@@ -229,22 +239,24 @@ STEP_BODIES: dict[Step, StepBody] = {}
 def step_task(step: Step, **options: Any) -> Callable[[StepBody], Task]:
     """Declare the Celery task of `step` (named from the step table) around its body.
 
-    The task turns the settled outcome into Celery's terms: a retry with the countdown, a
-    stopped message (`Ignore`) for a cycle that ended or failed, or the step's result.
+    The task turns the settled outcome into Celery's terms: the same message again after the
+    countdown (`reschedule`), a stopped message (`Ignore`) for a cycle that ended or failed,
+    or the step's result.
     """
     # Retries of every step are bounded by the cycle's own budgets (KTRDR_POLL_MAX_ERRORS, the
     # training deadline), never by Celery's default max_retries of 3: `retry(max_retries=None)`
     # does not lift that default in Celery 5.7, only the task's own declaration does.
     options.setdefault("max_retries", None)
+    options.setdefault("Request", "ktrdr_tasks.reschedule:StepRequest")
 
     def decorate(body: StepBody) -> Task:
         STEP_BODIES[step] = body
 
         @app.task(name=step.task_name, bind=True, **options)
-        def run(self: Task, operation_id: str) -> dict[str, Any]:
+        def run(self: Task, operation_id: str) -> dict[str, Any] | str:
             outcome = run_step(step, operation_id, worker_services(), str(self.request.id))
             if isinstance(outcome, Reschedule):
-                raise self.retry(countdown=outcome.countdown, max_retries=None)
+                return reschedule(self, outcome.countdown)
             if isinstance(outcome, Ended | Fail):
                 raise Ignore()
             return outcome
