@@ -6,7 +6,8 @@ Why these values (DESIGN section 4):
 - visibility timeout and the unacked-restore sweep: kombu's defaults (1 hour, swept every
   100 s) would strand a dead worker's held messages, countdown polls included, for an hour.
   The timeout must exceed the longest task run plus the poll countdown, which Settings checks.
-- events on so Flower shows every task with its operation id.
+- events on so Flower shows every task with its operation id (and its final state); no
+  `task-sent` events (see docs/performance.md: events that cost what they are worth).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ worker_prefetch_multiplier = 1
 worker_cancel_long_running_tasks_on_connection_loss = False
 
 worker_send_task_events = True
-task_send_sent_event = True
+# Flower needs each task's received/started/final events, not `task-sent`: one more Redis
+# PUBLISH per message (every poll) that shows nothing Flower would not show anyway.
+task_send_sent_event = False
 task_track_started = True
 
 timezone = "UTC"

@@ -2,13 +2,19 @@
 
 1. floor: one `httpx` GET of an operation from the fast API plus one Redis `HSET`, in a
    plain loop (a shared client and connection each, as the worker has);
-2. poll step: `ktrdr.poll_training` called in this process on a cycle whose job is still
-   running: lease, step entry, record read, GET, progress update, lease release; the retry
-   is raised but not published (no Celery message, no worker);
-3. through Celery: worker CPU per poll (all worker processes) while N cycles poll, from a
+2. poll step, separate calls (the same-run baseline): what the runner did before its Redis
+   calls were fused, from the store's public calls: `acquire_lease`, `enter_step`, `get`, the
+   poll (`cycle.run_poll_training`), `update`, `release_lease`: 5 Redis round trips;
+3. poll step: `tasks.run_step` of `poll_training` in this process on a cycle whose job is
+   still running: `begin_step` (lease + entry + read), the GET, `end_step` (write + release):
+   2 round trips; no Celery message;
+4. re-publish: what `reschedule` sends for a poll (the same message with its countdown),
+   in this process, into a queue no worker reads;
+5. through Celery: worker CPU per poll (all worker processes) while N cycles poll, from a
    short polling run (`bench.polling`).
 Wall time and CPU time per poll are printed in microseconds; the last line is
-`floor_us=<F> step_us=<S> celery_cpu_us=<C>`.
+`floor_us=<F> step_us=<S> step_ratio=<S/F> celery_cpu_us=<C>` (wall times).
+`BENCH_HIREDIS=0` in the environment hides hiredis from redis-py (the pure-Python parser).
 """
 
 from __future__ import annotations
@@ -25,10 +31,17 @@ from typing import Any
 from bench import polling
 from bench.stack import add_worker_arguments, stack, write_json
 
+ROWS = {
+    "floor": "floor: httpx GET + one Redis HSET, plain loop",
+    "separate": "poll step, separate Redis calls (5 round trips)",
+    "step": "poll step in-process (2 round trips)",
+    "publish": "re-publish of the poll message (reschedule)",
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loops", type=int, default=2000)
-    parser.add_argument("--celery-cycles", type=int, default=500, help="0 skips part 3")
+    parser.add_argument("--celery-cycles", type=int, default=500, help="0 skips part 5")
     parser.add_argument("--cprofile", action="store_true", help="profile the poll step")
     parser.add_argument("--json", type=Path)
     add_worker_arguments(parser)
@@ -49,16 +62,21 @@ def _timed(loops: int, body: Any) -> tuple[float, float]:
 
 def measure_in_process(loops: int, profile: bool) -> dict[str, Any]:
     import httpx
-    from celery.exceptions import Retry
 
-    from ktrdr_tasks import tasks
+    from ktrdr_tasks import cycle, tasks
+    from ktrdr_tasks.app import app
+    from ktrdr_tasks.cycle import Reschedule
+    from ktrdr_tasks.reschedule import reschedule
     from ktrdr_tasks.settings import get_settings
+    from ktrdr_tasks.steps import Step
     from ktrdr_tasks.store import get_store
 
     settings, store = get_settings(), get_store()
+    services = tasks.worker_services()
     op_id = f"op_agent_research_bench_{uuid.uuid4().hex[:12]}"
     training_id = f"op_training_bench_{uuid.uuid4().hex[:12]}"
     store.create_operation(polling._training_record(op_id, training_id, []), 10)
+    lease = Step.POLL_TRAINING.name
     with httpx.Client(base_url=settings.api_url) as client:
         httpx.post(f"{settings.api_url}/bench/jobs", json={"jobs": [[training_id, time.time()]]})
         key = f"bench:floor:{op_id}"  # not the record: its fields are the store's to decode
@@ -67,32 +85,53 @@ def measure_in_process(loops: int, profile: bool) -> dict[str, Any]:
             answer = client.get(f"/api/v1/operations/{training_id}")
             store.redis.hset(key, "status", answer.content[:32])
 
-        def poll_step() -> None:
-            try:
-                tasks.poll_training(op_id)
-            except Retry:
-                return
-            raise RuntimeError("the poll should have asked for a retry")
+        def separate() -> None:
+            token = uuid.uuid4().hex
+            store.acquire_lease(op_id, lease, token, 30)
+            store.enter_step(op_id, Step.POLL_TRAINING, Step.POLL_TRAINING.phase)
+            outcome = cycle.run_poll_training(services, store.get(op_id))
+            assert isinstance(outcome, Reschedule), outcome
+            store.update(op_id, **outcome.changes)
+            store.release_lease(op_id, lease, token)
 
-        floor_wall, floor_cpu = _timed(loops, floor)
-        step_wall, step_cpu = _timed(loops, poll_step)
+        def step() -> None:
+            outcome = tasks.run_step(Step.POLL_TRAINING, op_id, services, "bench-poll")
+            assert isinstance(outcome, Reschedule), outcome
+
+        poll_task = app.tasks[Step.POLL_TRAINING.task_name]
+        queue = f"bench.nobody.{uuid.uuid4().hex[:8]}"
+
+        def publish() -> None:
+            poll_task.push_request(
+                id="bench-poll",
+                args=[op_id],
+                kwargs={},
+                called_directly=False,
+                chain=[{"task": Step.TRAINING_GATE.task_name, "args": [op_id], "options": {}}],
+                delivery_info={"exchange": "", "routing_key": queue},
+            )
+            try:
+                reschedule(poll_task, 5)
+            finally:
+                poll_task.pop_request()
+
+        result: dict[str, Any] = {}
+        for name, body in (("floor", floor), ("separate", separate), ("step", step)):
+            result[f"{name}_wall_us"], result[f"{name}_cpu_us"] = _timed(loops, body)
+        result["publish_wall_us"], result["publish_cpu_us"] = _timed(loops, publish)
+        store.redis.delete(queue)
         report = ""
         if profile:
             profiler = cProfile.Profile()
             profiler.enable()
             for _ in range(loops):
-                poll_step()
+                step()
             profiler.disable()
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(40)
             report = out.getvalue()
-    return {
-        "floor_wall_us": floor_wall,
-        "floor_cpu_us": floor_cpu,
-        "step_wall_us": step_wall,
-        "step_cpu_us": step_cpu,
-        "cprofile": report,
-    }
+    result["cprofile"] = report
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,10 +146,8 @@ def run(args: argparse.Namespace) -> int:
         result["celery_redis_cpu_us"] = celery.get("redis_cpu_us_per_poll", float("nan"))
         result["celery_worker"] = celery["worker"]
     print(f"{'per poll':<52}{'wall us':>10}{'CPU us':>10}")
-    print(f"{'floor: httpx GET + one Redis HSET, plain loop':<52}", end="")
-    print(f"{result['floor_wall_us']:>10.0f}{result['floor_cpu_us']:>10.0f}")
-    print(f"{'poll step in-process (no Celery message)':<52}", end="")
-    print(f"{result['step_wall_us']:>10.0f}{result['step_cpu_us']:>10.0f}")
+    for name, label in ROWS.items():
+        print(f"{label:<52}{result[f'{name}_wall_us']:>10.0f}{result[f'{name}_cpu_us']:>10.0f}")
     if "celery_cpu_us" in result:
         label = f"through Celery ({args.celery_cycles} cycles, worker CPU)"
         print(f"{label:<52}{'':>10}{result['celery_cpu_us']:>10.0f}")
@@ -119,9 +156,16 @@ def run(args: argparse.Namespace) -> int:
         )
     if result["cprofile"]:
         print(result["cprofile"])
+    result["step_ratio"] = result["step_wall_us"] / result["floor_wall_us"]
+    result["step_cpu_ratio"] = result["step_cpu_us"] / result["floor_cpu_us"]
+    print(
+        f"poll step / floor: {result['step_ratio']:.2f}x wall, {result['step_cpu_ratio']:.2f}x CPU"
+        " (goal <= 2x)"
+    )
     write_json(args.json, {k: v for k, v in result.items() if k != "cprofile"})
     print(
         f"floor_us={result['floor_wall_us']:.0f} step_us={result['step_wall_us']:.0f} "
+        f"step_ratio={result['step_ratio']:.2f} "
         f"celery_cpu_us={result.get('celery_cpu_us', float('nan')):.0f}"
     )
     return 0

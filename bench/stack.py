@@ -96,7 +96,7 @@ class WorkerOptions:
     processes: int = 1  # worker processes (nodes) on this machine
     prefetch: int = 1
     events: str = "final"  # see bench.worker_app: final | all | off
-    reschedule: str = "publish"  # publish | retry (Celery's Task.retry, the old way)
+    reschedule: str = "publish"  # publish | retry (Celery's Task.retry) | ignore
     loglevel: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -337,7 +337,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser, pool: str = "prefork")
     group.add_argument("--no-events", action="store_true", help="same as --events off")
     group.add_argument(
         "--reschedule",
-        choices=["publish", "retry"],
+        choices=["publish", "retry", "ignore"],
         default="publish",
         help="how a step reschedules: the project's re-publish, or Celery's Task.retry",
     )

@@ -12,9 +12,9 @@ Knobs the benchmark compares, from the environment:
 - `BENCH_EVENTS`: `final` (the project's configuration: task events on, no `task-sent`, no
   events for the in-between runs of a reschedule), `all` (every event Celery can send:
   `task-sent` on, every run's `task-started` and `task-succeeded`/`task-retried`) or `off`;
-- `BENCH_RESCHEDULE`: `publish` (the project's `reschedule`) or `retry` (Celery's
-  `Task.retry`, raised through the worker, as before `reschedule` existed): the same-run
-  baseline of the countdown.
+- `BENCH_RESCHEDULE`: `publish` (the project's `reschedule`), `retry` (Celery's
+  `Task.retry`, raised through the worker, as before `reschedule` existed: the same-run
+  baseline of the countdown) or `ignore` (re-publish, then end the run with `Ignore`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ import time
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 from celery.signals import task_postrun, worker_ready
 
 import ktrdr_tasks.tasks
 from ktrdr_tasks.app import app
+from ktrdr_tasks.reschedule import reschedule
 from ktrdr_tasks.steps import Step
 from ktrdr_tasks.store import get_store
 
@@ -50,8 +52,15 @@ def _celery_retry(task: Task, countdown: float) -> str:
     raise task.retry(countdown=countdown, max_retries=None)
 
 
+def _publish_then_ignore(task: Task, countdown: float) -> str:
+    reschedule(task, countdown)
+    raise Ignore()
+
+
 if RESCHEDULE == "retry":
     ktrdr_tasks.tasks.reschedule = _celery_retry  # type: ignore[assignment]
+elif RESCHEDULE == "ignore":
+    ktrdr_tasks.tasks.reschedule = _publish_then_ignore  # type: ignore[assignment]
 if RESCHEDULE == "retry" or EVENTS == "all":
     for step in Step:
         app.tasks[step.task_name].Request = PLAIN_REQUEST
@@ -73,4 +82,7 @@ def _record_chain_end(task_id: str = "", task: Any = None, args: Any = (), **_: 
 
 @worker_ready.connect
 def _announce_ready(sender: Any = None, **_: Any) -> None:
+    from redis.utils import HIREDIS_AVAILABLE
+
+    print(f"bench worker: events={EVENTS} reschedule={RESCHEDULE} hiredis={HIREDIS_AVAILABLE}")
     get_store().redis.sadd(READY_KEY, str(getattr(sender, "hostname", os.getpid())))

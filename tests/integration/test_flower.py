@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from ktrdr_tasks.stack import FLOWER_USER, Stack, free_port
+from ktrdr_tasks.steps import Step
+from ktrdr_tasks.store import Store
 from tests.support.local_stack import local_stack
 from tests.support.processes import BIN, start, wait_until
 
@@ -20,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 GUARDED_FLOWER = [str(BIN / "python"), "-m", "ktrdr_tasks.stack", "flower"]
 STRATEGY = ("--strategy", "eurusd_1h_rsi_macd_adx")
+POLL = Step.POLL_TRAINING.task_name
 CHAIN_HEAD = (
     "ktrdr.design",
     "ktrdr.load_training_params",
@@ -77,6 +80,39 @@ def test_flower_shows_every_task_of_a_cycle_by_name_with_its_operation_id(stack:
     assert set(final["task_ids"]) >= {
         task_id for task_id, task in tasks.items() if task["name"] != "ktrdr.cancel_training"
     }
+
+
+def test_flower_shows_the_polling_task_in_progress_then_final_as_one_task(stack: Stack) -> None:
+    store = Store.from_url(stack.redis_url, retention_s=3600)
+    started = subprocess.run(
+        [str(BIN / "ktrdr"), "agent", "trigger", "--json", *STRATEGY],
+        env={**os.environ, **stack.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    operation_id = json.loads(started.stdout.strip().splitlines()[-1])["operation_id"]
+
+    def polled_twice() -> bool:
+        record = store.get(operation_id)
+        return record.step == Step.POLL_TRAINING and record.progress.percentage > 35
+
+    wait_until(polled_twice, 60, "the cycle polling its training", interval=0.05)
+    polls = [t for t in flower_tasks(stack, operation_id).values() if t["name"] == POLL]
+    while_polling = polls[0]["state"] if len(polls) == 1 else polls
+    wait_until(lambda: store.get(operation_id).status.is_terminal, 120, "the cycle's end")
+
+    def poll_final() -> bool:
+        found = [t for t in flower_tasks(stack, operation_id).values() if t["name"] == POLL]
+        return len(found) == 1 and found[0]["state"] in ("SUCCESS", "FAILURE")
+
+    wait_until(poll_final, 15, "the poll task's final state in Flower", interval=0.3)
+    assert while_polling in ("RECEIVED", "STARTED", "RETRY")
+    [poll] = [t for t in flower_tasks(stack, operation_id).values() if t["name"] == POLL]
+    assert poll["retries"] >= 1  # polled again under the same task id
+    # The poll ended when the training did (the gate after it judges the result).
+    assert store.get(operation_id).metadata["training_status"] == "completed"
+    assert poll["state"] == "SUCCESS"
 
 
 def test_flower_api_requires_the_credentials(stack: Stack) -> None:

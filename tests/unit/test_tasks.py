@@ -308,3 +308,42 @@ def test_every_step_has_its_task_under_the_table_name() -> None:
     assert set(tasks.STEP_BODIES) == set(Step)
     for step in Step:
         assert tasks.app.tasks[step.task_name].max_retries is None
+
+
+def running_poll(remote: Remote, on_get: Callable[[], None] = lambda: None) -> None:
+    def answer(_: httpx.Request) -> httpx.Response:
+        on_get()
+        progress = {"percentage": 50, "current_step": "Epoch 5/10"}
+        return httpx.Response(
+            200, json={"success": True, "data": {"status": "running", "progress": progress}}
+        )
+
+    remote.answers[f"GET /api/v1/operations/{TRAINING_ID}"] = answer
+
+
+def test_a_waiting_poll_writes_its_progress_and_lets_go_of_the_step(
+    store: Store, remote: Remote, services: Services
+) -> None:
+    polling_cycle(store)
+    running_poll(remote)
+
+    assert run(Step.POLL_TRAINING, services) == Reschedule(5)
+
+    record = store.get(CYCLE_ID)
+    assert record.progress.percentage == 60
+    assert record.progress.current_step.startswith("Epoch 5/10")
+    assert store.lease_remaining_s(CYCLE_ID, Step.POLL_TRAINING.name) == 0
+
+
+def test_a_poll_cancelled_while_it_asked_the_api_stops_without_writing(
+    store: Store, remote: Remote, services: Services
+) -> None:
+    polling_cycle(store)
+    running_poll(remote, on_get=lambda: store.cancel(CYCLE_ID))
+
+    assert isinstance(run(Step.POLL_TRAINING, services), Ended)
+
+    record = store.get(CYCLE_ID)
+    assert record.status is OperationStatus.CANCELLED
+    assert record.progress.percentage < 60
+    assert store.lease_remaining_s(CYCLE_ID, Step.POLL_TRAINING.name) == 0

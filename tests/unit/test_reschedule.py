@@ -1,0 +1,143 @@
+"""A step's countdown (`reschedule`) and what the worker tells Flower about it (`StepRequest`),
+on a Celery app of its own with the in-memory broker: the message published again is the same
+task with the rest of the chain, and only a task's real outcomes become events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, Task
+from celery.contrib.testing.mocks import TaskMessage
+from celery.exceptions import Retry
+from celery.utils.saferepr import saferepr
+
+from ktrdr_tasks.reschedule import RESCHEDULED, StepRequest, reschedule
+
+QUEUE = "steps"
+
+
+APP = Celery("reschedule-test", broker="memory://", set_as_current=False)
+APP.conf.task_serializer = "json"
+APP.conf.task_default_queue = QUEUE
+APP.conf.task_acks_late = True
+
+
+@APP.task(bind=True, name="test.poll", Request="ktrdr_tasks.reschedule:StepRequest")
+def poll(self: Task, operation_id: str) -> str:
+    return reschedule(self, 5)
+
+
+@pytest.fixture
+def app() -> Iterator[Celery]:
+    app = APP
+    yield app
+    with app.connection_for_write() as connection:
+        connection.default_channel.queue_purge(QUEUE)
+
+
+def published(app: Celery) -> list[Any]:
+    """The messages on the queue (taken off it)."""
+    messages = []
+    with app.connection_for_read() as connection, connection.SimpleQueue(QUEUE) as queue:
+        while True:
+            try:
+                message = queue.get(timeout=0.2)
+            except queue.Empty:
+                return messages
+            message.ack()
+            messages.append(message)
+
+
+def run_in_worker(app: Celery, **request: Any) -> Any:
+    """Run test.poll as a worker would: with the message's context, not called directly."""
+    task = app.tasks["test.poll"]
+    context = {
+        "id": "poll-1",
+        "args": ["op-1"],
+        "kwargs": {},
+        "called_directly": False,
+        "delivery_info": {"exchange": "", "routing_key": QUEUE},
+        **request,
+    }
+    task.push_request(**context)
+    try:
+        return task.run("op-1"), task.request.chain
+    finally:
+        task.pop_request()
+
+
+def test_reschedule_publishes_the_same_task_again_with_the_rest_of_the_chain(
+    app: Celery,
+) -> None:
+    rest = [dict(app.signature("test.next", args=("op-1",), immutable=True))]
+
+    returned, chain_left = run_in_worker(
+        app, chain=rest, retries=2, root_id="root-1", parent_id="parent-1"
+    )
+
+    assert returned == RESCHEDULED
+    assert chain_left is None  # this run dispatches nothing
+    [message] = published(app)
+    headers = message.headers
+    assert headers["id"] == "poll-1"
+    assert headers["task"] == "test.poll"
+    assert headers["retries"] == 3
+    assert headers["eta"] is not None
+    assert headers["root_id"] == "root-1"
+    args, _, embed = message.decode()
+    assert args == ["op-1"]
+    assert [link["task"] for link in embed["chain"]] == ["test.next"]
+
+
+def test_called_directly_reschedule_raises_retry_and_publishes_nothing(app: Celery) -> None:
+    with pytest.raises(Retry):
+        app.tasks["test.poll"]("op-1")
+
+    assert published(app) == []
+
+
+class Eventer:
+    enabled = True
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send(self, type: str, **_: Any) -> None:
+        self.sent.append(type)
+
+
+def worker_request(app: Celery, retries: int) -> tuple[StepRequest, Eventer]:
+    eventer = Eventer()
+    message = TaskMessage("test.poll", id="poll-1", args=["op-1"], retries=retries)
+    request = StepRequest(message, app=app, task=app.tasks["test.poll"], eventer=eventer)
+    return request, eventer
+
+
+def test_a_reschedule_is_acknowledged_without_a_success_event(app: Celery) -> None:
+    request, eventer = worker_request(app, retries=0)
+
+    request.on_success((False, saferepr(RESCHEDULED), 0.01))
+
+    assert request.acknowledged
+    assert eventer.sent == []
+
+
+def test_the_final_run_of_a_rescheduled_task_sends_its_success(app: Celery) -> None:
+    request, eventer = worker_request(app, retries=7)
+
+    request.on_success((False, saferepr({"training": "completed"}), 0.01))
+
+    assert eventer.sent == ["task-succeeded"]
+
+
+@pytest.mark.parametrize(("retries", "events"), [(0, ["task-started"]), (3, [])])
+def test_only_the_first_run_of_a_task_says_it_started(
+    app: Celery, retries: int, events: list[str]
+) -> None:
+    request, eventer = worker_request(app, retries=retries)
+
+    request.on_accepted(pid=1, time_accepted=0.0)
+
+    assert eventer.sent == events
