@@ -14,7 +14,8 @@ Knobs the benchmark compares, from the environment:
   `task-sent` on, every run's `task-started` and `task-succeeded`/`task-retried`) or `off`;
 - `BENCH_RESCHEDULE`: `publish` (the project's `reschedule`), `retry` (Celery's
   `Task.retry`, raised through the worker, as before `reschedule` existed: the same-run
-  baseline of the countdown) or `ignore` (re-publish, then end the run with `Ignore`).
+  baseline of the countdown) or `ignore` (re-publish, then end the run with `Ignore`);
+- `BENCH_BROKER=kombu`: kombu's own Redis transport instead of `ktrdr_tasks.broker`'s.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ PLAIN_REQUEST = "celery.worker.request:Request"
 
 EVENTS = os.environ.get("BENCH_EVENTS", "final")
 RESCHEDULE = os.environ.get("BENCH_RESCHEDULE", "publish")
+
+if os.environ.get("BENCH_BROKER") == "kombu":
+    app.conf.broker_transport = None
 
 if EVENTS == "off":
     app.conf.worker_send_task_events = False
