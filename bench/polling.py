@@ -273,6 +273,10 @@ def run_polling(args: argparse.Namespace) -> dict[str, Any]:
             "job_seconds": args.job_seconds,
             "worker": options.describe(),
             "statuses": statuses,
+            # Every job was registered by the benchmark: any other is a second start.
+            "remote_jobs": len(jobs),
+            "remote_jobs_expected": count + WARMUP_CYCLES,
+            "remote_cancels": sum(1 for job in jobs if job.get("cancelled")),
             "create_seconds": setup["create_seconds"],
             "enqueue_seconds": setup["enqueue_seconds"],
             "idle_rss_mb": idle_rss / 2**20,
@@ -294,7 +298,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"machine load average (1 min) before/after: {load[0]:.1f} / {load[1]:.1f}")
     print(
         f"setup: records {result['create_seconds']:.1f} s, enqueue "
-        f"{result['enqueue_seconds']:.1f} s; outcome {result['statuses']}"
+        f"{result['enqueue_seconds']:.1f} s; outcome {result['statuses']}; remote jobs "
+        f"{result['remote_jobs']} for {result['remote_jobs_expected']} cycles (warm-up included), "
+        f"{result['remote_cancels']} cancelled"
     )
     print(
         f"polls {result['polls']}: lag p50 {result['lag_p50_s']:.3f} s, p99 "
