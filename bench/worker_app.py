@@ -38,6 +38,7 @@ DONE_KEY = "bench:done"
 READY_KEY = "bench:ready"
 LAST_NOOP = "last"
 PLAIN_REQUEST = "celery.worker.request:Request"
+PLAIN_STRATEGY = "celery.worker.strategy:default"
 
 EVENTS = os.environ.get("BENCH_EVENTS", "final")
 RESCHEDULE = os.environ.get("BENCH_RESCHEDULE", "publish")
@@ -68,6 +69,7 @@ elif RESCHEDULE == "ignore":
 if RESCHEDULE == "retry" or EVENTS == "all":
     for step in Step:
         app.tasks[step.task_name].Request = PLAIN_REQUEST
+        app.tasks[step.task_name].Strategy = PLAIN_STRATEGY
 
 celery = app
 

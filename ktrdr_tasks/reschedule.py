@@ -12,11 +12,13 @@ ends it as a plain success that dispatches nothing. The message is acknowledged 
 the new one is published (acks late): a worker killed in between is redelivered, as with
 `retry`.
 
-`StepRequest`, the worker's request class of every step task, keeps Flower truthful at the
-lowest cost: a task in Flower is final once it reads SUCCESS, so the `task-succeeded` of a
-reschedule is not sent; nor is the `task-started` of a re-published message (Flower shows
-the task started since its first run, and the re-published message's `task-received`
-carries its new eta and retry count). Every step's final outcome is sent as usual.
+Task events keep Flower truthful at the lowest cost. A task in Flower is final once it
+reads SUCCESS, so the `task-succeeded` of a reschedule is not sent (`StepRequest`, the
+worker's request class of every step task); the re-published message sends neither
+`task-received` (`step_strategy`, the consumer's strategy for step tasks) nor `task-started`:
+Flower shows the task started since its first run until its final outcome, which every run
+that ends the step sends as usual. Each event is about 0.3 ms of worker CPU plus a Redis
+PUBLISH; a waiting poll now sends none.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
+from celery.worker.strategy import default as default_strategy
 
 RESCHEDULED = "rescheduled"
 # What the worker's main process receives from the pool for a run that returned RESCHEDULED.
@@ -65,3 +68,35 @@ class StepRequest(Request):
         if type == "task-started" and self.request_dict.get("retries"):
             return
         super().send_event(type, **fields)
+
+
+class _QuietRepolls:
+    """The worker's event dispatcher, minus the `task-received` of a re-published message."""
+
+    def __init__(self, dispatcher: Any) -> None:
+        self._dispatcher = dispatcher
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dispatcher, name)
+
+    def send(self, type: str, **fields: Any) -> Any:
+        if type == "task-received" and fields.get("retries"):
+            return None
+        return self._dispatcher.send(type, **fields)
+
+
+class _StepConsumer:
+    """The consumer as `default_strategy` reads it, with the quieter event dispatcher."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        dispatcher = consumer.event_dispatcher
+        self.event_dispatcher = _QuietRepolls(dispatcher) if dispatcher is not None else None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+def step_strategy(task: Task, app: Any, consumer: Any, **options: Any) -> Any:
+    """Celery's default strategy for a step task's messages, without the in-between events."""
+    return default_strategy(task, app, _StepConsumer(consumer), **options)

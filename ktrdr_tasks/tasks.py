@@ -248,6 +248,7 @@ def step_task(step: Step, **options: Any) -> Callable[[StepBody], Task]:
     # does not lift that default in Celery 5.7, only the task's own declaration does.
     options.setdefault("max_retries", None)
     options.setdefault("Request", "ktrdr_tasks.reschedule:StepRequest")
+    options.setdefault("Strategy", "ktrdr_tasks.reschedule:step_strategy")
 
     def decorate(body: StepBody) -> Task:
         STEP_BODIES[step] = body

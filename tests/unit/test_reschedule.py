@@ -5,6 +5,7 @@ task with the rest of the chain, and only a task's real outcomes become events."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from celery.contrib.testing.mocks import TaskMessage
 from celery.exceptions import Retry
 from celery.utils.saferepr import saferepr
 
-from ktrdr_tasks.reschedule import RESCHEDULED, StepRequest, reschedule
+from ktrdr_tasks.reschedule import RESCHEDULED, StepRequest, reschedule, step_strategy
 
 QUEUE = "steps"
 
@@ -139,5 +140,39 @@ def test_only_the_first_run_of_a_task_says_it_started(
     request, eventer = worker_request(app, retries=retries)
 
     request.on_accepted(pid=1, time_accepted=0.0)
+
+    assert eventer.sent == events
+
+
+def consumer_for(eventer: Eventer) -> SimpleNamespace:
+    """What Celery's default strategy reads of the worker's consumer."""
+    return SimpleNamespace(
+        hostname="test@host",
+        connection_errors=(),
+        event_dispatcher=eventer,
+        timer=SimpleNamespace(call_at=lambda *_, **__: None),
+        apply_eta_task=lambda *_: None,
+        disable_rate_limits=True,
+        task_buckets={},
+        on_task_request=lambda *_: None,
+        _limit_task=lambda *_: None,
+        _limit_post_eta=lambda *_: None,
+        controller=SimpleNamespace(state=SimpleNamespace(revoked=set())),
+        pool=SimpleNamespace(apply_async=None),
+        qos=SimpleNamespace(increment_eventually=lambda: None),
+    )
+
+
+@pytest.mark.parametrize(("retries", "events"), [(0, ["task-received"]), (4, [])])
+def test_only_the_first_message_of_a_task_says_it_was_received(
+    app: Celery, retries: int, events: list[str]
+) -> None:
+    eventer = Eventer()
+    handle = step_strategy(app.tasks["test.poll"], app, consumer_for(eventer))
+    message = TaskMessage(
+        "test.poll", id="poll-1", args=["op-1"], retries=retries, eta="2030-01-01T00:00:00+00:00"
+    )
+
+    handle(message, None, lambda *_: None, lambda *_: None, [])
 
     assert eventer.sent == events
