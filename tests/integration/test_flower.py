@@ -93,9 +93,13 @@ def test_flower_shows_the_polling_task_in_progress_then_final_as_one_task(stack:
     )
     operation_id = json.loads(started.stdout.strip().splitlines()[-1])["operation_id"]
 
+    seen: set[float] = set()
+
     def polled_twice() -> bool:
         record = store.get(operation_id)
-        return record.step == Step.POLL_TRAINING and record.progress.percentage > 35
+        if record.step == Step.POLL_TRAINING and record.progress.percentage > 35:
+            seen.add(record.progress.percentage)  # each poll writes the training's progress
+        return len(seen) >= 2
 
     wait_until(polled_twice, 60, "the cycle polling its training", interval=0.05)
     polls = [t for t in flower_tasks(stack, operation_id).values() if t["name"] == POLL]
@@ -109,7 +113,6 @@ def test_flower_shows_the_polling_task_in_progress_then_final_as_one_task(stack:
     wait_until(poll_final, 15, "the poll task's final state in Flower", interval=0.3)
     assert while_polling in ("RECEIVED", "STARTED", "RETRY")
     [poll] = [t for t in flower_tasks(stack, operation_id).values() if t["name"] == POLL]
-    assert poll["retries"] >= 1  # polled again under the same task id
     # The poll ended when the training did (the gate after it judges the result).
     assert store.get(operation_id).metadata["training_status"] == "completed"
     assert poll["state"] == "SUCCESS"
