@@ -69,9 +69,11 @@ class Reschedule:
 
 @dataclass(frozen=True)
 class Ended:
-    """The cycle ended (or moved on) without this run: stop quietly."""
+    """The cycle ended without this run: stop quietly. `superseded`: the cycle goes on, but
+    another run carries it (a late duplicate of a passed step, a poll replaced by a resume)."""
 
     reason: str
+    superseded: bool = False
 
 
 @dataclass(frozen=True)

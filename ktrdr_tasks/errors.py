@@ -12,6 +12,7 @@ KtrdrTasksError
 |       +-- OperationNotFoundError   404 on an operation id: the host lost it
 +-- OperationStateError       unknown operation id, or a transition from a final status
 |   +-- CycleEnded            a step found its cycle ended (or moved on) elsewhere: stop quietly
++-- CycleOver                 a step task ends FAILURE: its cycle failed there or was cancelled
 +-- StoreUnavailableError     Redis cannot be reached
 +-- FollowTimeout             a followed cycle did not end in the time allowed
 +-- StackError                a local process could not start, or a stack already runs here
@@ -98,6 +99,12 @@ class StoreUnavailableError(KtrdrTasksError):
 
 class CycleEnded(OperationStateError):
     """The cycle ended (cancelled, failed) or moved on without this run: stop quietly."""
+
+
+class CycleOver(KtrdrTasksError):
+    """Ends a step's Celery task as FAILURE with its cycle's message (the cycle failed at this
+    step, or was cancelled or failed elsewhere), so Flower shows the truth. Expected: the
+    worker logs it as one line, without a traceback."""
 
 
 class FollowTimeout(KtrdrTasksError):

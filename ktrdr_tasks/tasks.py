@@ -28,15 +28,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore
 from celery.signals import task_revoked
+from celery.utils.functional import maybe_list
+from celery.worker import control
 
 from ktrdr_tasks import cycle
 from ktrdr_tasks.app import app
 from ktrdr_tasks.cycle import Ended, Fail, Outcome, Reschedule, Services
 from ktrdr_tasks.errors import (
     CycleEnded,
+    CycleOver,
     KtrdrTasksError,
+    OperationStateError,
     StoreUnavailableError,
     TransientApiError,
 )
@@ -130,11 +133,11 @@ def _run_leased(
             # "stale": a late duplicate of a step the live chain has passed; it must not
             # touch the remote job the live chain is polling.
             log.info("%s %s skipped: cycle %s", operation_id, step.name, entered)
-            if entered == "ended":
-                cancel_orphaned_job(
-                    services.client, store.find(operation_id), services.requeue_cancel
-                )
-            return Ended(f"cycle {entered}")
+            if entered == "stale":
+                return Ended("the chain has moved past this step", superseded=True)
+            ended = store.find(operation_id)
+            cancel_orphaned_job(services.client, ended, services.requeue_cancel)
+            return Ended(_how_it_ended(operation_id, ended))
         if step is not Step.POLL_TRAINING:
             log.info("%s phase: %s", operation_id, step.label)
         operation = store.get(operation_id)
@@ -191,7 +194,29 @@ def _settle(
         cancel_orphaned_job(services.client, store.find(op_id), services.requeue_cancel)
     elif isinstance(outcome, Ended):
         log.info("%s %s stopped: %s", op_id, step.name, outcome.reason)
+        if not outcome.superseded:
+            return Ended(_how_it_ended(op_id, store.find(op_id)))
     return outcome
+
+
+def _how_it_ended(operation_id: str, operation: Operation | None) -> str:
+    """The cycle's own words for how it ended, for the task's final state."""
+    if operation is None:
+        return f"cycle {operation_id} is unknown (never created, or its record expired)"
+    status = operation.status.value
+    return f"cycle {operation_id} {status}: {operation.error_message or 'no message'}"
+
+
+def _cancel_revoked(services: Services, operation_id: str, task_id: str) -> Outcome:
+    """A task of this cycle was revoked through Celery (Flower, `celery control revoke`):
+    that is a cancel of the whole cycle, remote job included. (The revoke has been sent
+    already, and this run stops the chain: nothing else to revoke.)"""
+    store = services.store
+    with contextlib.suppress(OperationStateError):  # it ended meanwhile: nothing to cancel
+        cancelled = store.cancel(operation_id, f"revoked through Celery: task {task_id}")
+        log.warning("%s cancelled: %s", operation_id, cancelled.error_message)
+    cancel_orphaned_job(services.client, store.find(operation_id), services.requeue_cancel)
+    return Ended(_how_it_ended(operation_id, services.store.find(operation_id)))
 
 
 def _spend_error_budget(
@@ -229,13 +254,16 @@ STEP_BODIES: dict[Step, StepBody] = {}
 def step_task(step: Step, **options: Any) -> Callable[[StepBody], Task]:
     """Declare the Celery task of `step` (named from the step table) around its body.
 
-    The task turns the settled outcome into Celery's terms: a retry with the countdown, a
-    stopped message (`Ignore`) for a cycle that ended or failed, or the step's result.
+    The task turns the settled outcome into Celery's terms, so Flower shows the truth: a
+    retry with the countdown (`RETRY`); the step's result (`SUCCESS`); `CycleOver` with the
+    cycle's message where it failed or found it cancelled (`FAILURE`, logged as one line); a
+    superseded run succeeds without its chain going on (the live run carries it).
     """
     # Retries of every step are bounded by the cycle's own budgets (KTRDR_POLL_MAX_ERRORS, the
     # training deadline), never by Celery's default max_retries of 3: `retry(max_retries=None)`
     # does not lift that default in Celery 5.7, only the task's own declaration does.
     options.setdefault("max_retries", None)
+    options.setdefault("throws", (CycleOver,))
 
     def decorate(body: StepBody) -> Task:
         STEP_BODIES[step] = body
@@ -245,8 +273,13 @@ def step_task(step: Step, **options: Any) -> Callable[[StepBody], Task]:
             outcome = run_step(step, operation_id, worker_services(), str(self.request.id))
             if isinstance(outcome, Reschedule):
                 raise self.retry(countdown=outcome.countdown, max_retries=None)
-            if isinstance(outcome, Ended | Fail):
-                raise Ignore()
+            if isinstance(outcome, Fail):
+                raise CycleOver(outcome.message)
+            if isinstance(outcome, Ended) and not outcome.superseded:
+                raise CycleOver(outcome.reason)
+            if isinstance(outcome, Ended):
+                self.request.chain = None  # the live run carries the cycle on
+                return {"skipped": outcome.reason}
             return outcome
 
         run.__doc__ = body.__doc__
@@ -292,7 +325,7 @@ def poll_training(run: StepRun) -> Outcome:
     """Poll the remote training; re-schedule itself until it ends, never holding a slot."""
     owner = run.operation.bookkeeping.poll_task_id
     if owner and owner != run.task_id:
-        return Ended("a resumed poll owns this cycle now")
+        return Ended("a resumed poll owns this cycle now", superseded=True)
     return cycle.run_poll_training(run.services, run.operation)
 
 
@@ -323,28 +356,71 @@ def reconcile() -> dict[str, list[str]]:
     return reconcile_cycles(worker_services(), time.time())
 
 
+def cancel_cycles_of_revoked(services: Services, task_ids: list[str]) -> list[str]:
+    """Cancel every active cycle that owns one of `task_ids`; returns the cycles cancelled."""
+    revoked = set(task_ids)
+    cancelled = []
+    for operation in services.store.active_operations():
+        hit = sorted(revoked & set(operation.task_ids))
+        if hit:
+            _cancel_revoked(services, operation.operation_id, ", ".join(hit))
+            cancelled.append(operation.operation_id)
+    return cancelled
+
+
+@app.task(name="ktrdr.cancel_revoked")
+def cancel_revoked(task_ids: list[str]) -> list[str]:
+    """A revoke through Celery's doors reached this worker: cancel the cycles it names."""
+    return cancel_cycles_of_revoked(worker_services(), task_ids)
+
+
+_celery_revoke = control.Panel.data["revoke"]
+
+
+@control.control_command(name="revoke", variadic="task_id", signature="[id1 [id2 [... [idN]]]]")
+def revoke_and_cancel(
+    state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **kwargs: Any
+) -> Any:
+    """Celery's own `revoke` control command, then: the revoked ids' cycles are cancelled.
+
+    Every door (Flower's Revoke or Terminate, `celery control revoke`, `AsyncResult.revoke()`)
+    sends this command to every worker, wherever the task's message is (queued, held as a
+    countdown, not yet published by its chain). Runs in the worker's consumer, so the cancel
+    itself is handed to a task.
+    """
+    answer = _celery_revoke(state, task_id, terminate=terminate, signal=signal, **kwargs)
+    ids = [str(one) for one in maybe_list(task_id) or []]
+    if ids:
+        cancel_revoked.apply_async(args=(ids,))
+    return answer
+
+
 @task_revoked.connect
-def cancel_remote_on_revoke(
+def cancel_on_revoke(
     sender: Task | None = None,
     request: Any = None,
+    expired: bool = False,
     services: Services | None = None,
     **_: Any,
 ) -> None:
-    """Revoke is only a backup (DESIGN section 4), but when it fires for a step of a cancelled
-    cycle, make sure the remote job is cancelled too. Every remote cancel is idempotent.
-
-    `services`: this process's unless the sender passes its own (a test does).
+    """A worker dropped a revoked step (its id reached this worker by the `revoke` command or,
+    for a worker started later, from its peers at start-up): cancel the cycle if it is still
+    active, else make sure no remote job is left running. `services`: this process's unless
+    the sender passes its own (a test does).
     """
     # The worker sends the task as `sender` and the message's context (task name in `.task`,
     # arguments in `.args`) as `request`.
     task_name = getattr(sender, "name", None) or getattr(request, "task", None) or ""
     args = getattr(request, "args", None) or ()
-    if step_of_task(task_name) is None or not args:
+    if step_of_task(task_name) is None or not args or expired:
         return
+    operation_id = str(args[0])
     try:
         services = services or worker_services()
-        cancel_orphaned_job(
-            services.client, services.store.find(str(args[0])), services.requeue_cancel
-        )
-    except KtrdrTasksError:
-        log.warning("could not check revoked task %s", getattr(request, "id", "?"))
+        operation = services.store.find(operation_id)
+        if operation is not None and not operation.status.is_terminal:
+            _cancel_revoked(services, operation_id, f"{getattr(request, 'id', '?')} ({task_name})")
+        else:
+            cancel_orphaned_job(services.client, operation, services.requeue_cancel)
+    except KtrdrTasksError as exc:
+        log.warning("could not handle revoked task %s: %s", getattr(request, "id", "?"), exc)

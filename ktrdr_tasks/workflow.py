@@ -195,6 +195,8 @@ def use_environment(env: Mapping[str, str]) -> None:
     starts its own stack (the demo, a test module with its own redis-server) makes all three
     read it again here, the one place that knows how.
     """
+    if env and all(os.environ.get(name) == value for name, value in env.items()):
+        return  # already pointed there: keep the live connections (kombu shares its pools)
     os.environ.update(env)
     get_settings.cache_clear()
     reset_store()

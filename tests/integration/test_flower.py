@@ -1,5 +1,8 @@
 """Flower against the real worker: a cycle's tasks are found through Flower's HTTP API, by
-name and by operation id, behind basic auth; and Flower refuses to be exposed without it."""
+name and by operation id, behind basic auth; and Flower refuses to be exposed without it.
+Celery's own doors tell the truth: a finished cycle's tasks are in terminal states, and a
+revoke of a task id (`celery control revoke`, `AsyncResult.revoke()`) cancels the cycle and
+its training on the host."""
 
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from ktrdr_tasks.stack import FLOWER_USER, Stack, free_port
+from ktrdr_tasks.steps import Step
 from tests.support.local_stack import local_stack
 from tests.support.processes import BIN, start, wait_until
 
@@ -129,3 +134,107 @@ def test_guarded_flower_beyond_loopback_starts_with_basic_auth(
     finally:
         flower.stop()
     assert "s3cret-pass" not in flower.log()
+
+
+# -- Celery's own doors -------------------------------------------------------------------
+
+
+def _use(stack: Stack) -> Any:
+    from ktrdr_tasks import workflow
+
+    workflow.use_environment(stack.env())
+    return workflow
+
+
+def _long_training(stack: Stack, name: str) -> str:
+    """A copy of the example strategy that trains long enough to be revoked while training."""
+    source = stack.strategies_dir / "eurusd_1h_rsi_macd_adx.yaml"
+    document = yaml.safe_load(source.read_text())
+    document["name"] = name
+    document["model"]["training"]["epochs"] = 400
+    (stack.strategies_dir / f"{name}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    return name
+
+
+def _training_on_host(stack: Stack, workflow: Any, operation_id: str) -> str:
+    def training() -> bool:
+        meta = workflow.status(operation_id)["metadata"]
+        return meta.get("training_status") == "running"
+
+    wait_until(training, 60, "the training to run on the host", interval=0.1)
+    return str(workflow.status(operation_id)["metadata"]["training_operation_id"])
+
+
+def _host_status(stack: Stack, training_id: str) -> str:
+    answer = httpx.get(f"{stack.api_url}/api/v1/operations/{training_id}", timeout=5)
+    return str(answer.json()["data"]["status"])
+
+
+def _cancelled_everywhere(stack: Stack, workflow: Any, op_id: str, training_id: str) -> dict:
+    wait_until(
+        lambda: workflow.status(op_id)["status"] == "cancelled", 20, "the cycle to be cancelled"
+    )
+    wait_until(
+        lambda: _host_status(stack, training_id) in ("cancelled", "failed"),
+        20,
+        "the training to be cancelled on the host",
+    )
+    wait_until(
+        lambda: all(t["state"] != "STARTED" for t in flower_tasks(stack, op_id).values()),
+        15,
+        "no task of the cycle left STARTED in Flower",
+        interval=0.3,
+    )
+    return workflow.status(op_id)
+
+
+def test_every_step_of_a_completed_cycle_is_a_success_in_flower(stack: Stack) -> None:
+    workflow = _use(stack)
+    op_id = workflow.trigger(strategy=STRATEGY[1], bypass_gates=True).operation_id
+    wait_until(lambda: workflow.status(op_id)["status"] == "completed", 120, "the cycle")
+
+    steps = {step.task_name for step in Step}
+
+    def all_succeeded() -> bool:
+        states = {t["name"]: t["state"] for t in flower_tasks(stack, op_id).values()}
+        return steps <= set(states) and {states[name] for name in steps} == {"SUCCESS"}
+
+    wait_until(all_succeeded, 15, "every step SUCCESS in Flower", interval=0.3)
+
+
+def test_celery_control_revoke_of_the_poll_cancels_the_cycle_and_the_training(
+    stack: Stack,
+) -> None:
+    workflow = _use(stack)
+    op_id = workflow.trigger(strategy=_long_training(stack, "revoked_by_cli")).operation_id
+    training_id = _training_on_host(stack, workflow, op_id)
+    poll_task = workflow.status(op_id)["task_ids"][Step.POLL_TRAINING - 1]
+
+    subprocess.run(
+        [str(BIN / "celery"), "-A", "ktrdr_tasks", "control", "revoke", poll_task],
+        env={**os.environ, **stack.env()},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+    final = _cancelled_everywhere(stack, workflow, op_id, training_id)
+    assert final["error_message"].startswith(f"revoked through Celery: task {poll_task}")
+
+
+def test_revoking_a_later_task_of_the_chain_cancels_the_cycle_at_the_next_poll(
+    stack: Stack,
+) -> None:
+    from celery.result import AsyncResult
+
+    from ktrdr_tasks.app import app
+
+    workflow = _use(stack)
+    op_id = workflow.trigger(strategy=_long_training(stack, "revoked_gate")).operation_id
+    training_id = _training_on_host(stack, workflow, op_id)
+    gate_task = workflow.status(op_id)["task_ids"][Step.TRAINING_GATE - 1]
+
+    AsyncResult(gate_task, app=app).revoke()
+
+    final = _cancelled_everywhere(stack, workflow, op_id, training_id)
+    assert gate_task in final["error_message"]

@@ -114,15 +114,47 @@ def test_revoked_step_of_a_cancelled_cycle_cancels_the_remote_job(
     assert remote.deletes == [TRAINING_ID]
 
 
-def test_revoked_step_of_a_running_cycle_cancels_nothing(
+def test_revoked_step_of_a_running_cycle_cancels_the_cycle_and_its_remote_job(
     store: Store, remote: Remote, services: Services
 ) -> None:
     polling_cycle(store)
 
     revoke("ktrdr.poll_training", CYCLE_ID, services)
 
-    assert remote.deletes == []
-    assert store.get(CYCLE_ID).status is OperationStatus.RUNNING
+    after = store.get(CYCLE_ID)
+    assert after.status is OperationStatus.CANCELLED
+    assert after.error_message == "revoked through Celery: task t-revoked (ktrdr.poll_training)"
+    assert remote.deletes == [TRAINING_ID]
+
+
+def test_a_revoke_of_any_task_id_of_a_cycle_cancels_that_cycle_only(
+    store: Store, remote: Remote, services: Services
+) -> None:
+    # What the worker's `revoke` command hands on: ids, wherever their messages are (here the
+    # gate's, not yet published while the cycle polls).
+    polling_cycle(store)
+    store.update(CYCLE_ID, task_ids=["t0", "gate-task"])
+    make_cycle(store, op_id="op_agent_research_20260101_000000_0000bbbb", step=Step.DESIGN)
+
+    cancelled = tasks.cancel_cycles_of_revoked(services, ["gate-task", "unrelated"])
+
+    assert cancelled == [CYCLE_ID]
+    after = store.get(CYCLE_ID)
+    assert after.status is OperationStatus.CANCELLED
+    assert after.error_message == "revoked through Celery: task gate-task"
+    assert remote.deletes == [TRAINING_ID]
+    other = store.get("op_agent_research_20260101_000000_0000bbbb")
+    assert other.status is OperationStatus.RUNNING
+
+
+def test_a_revoke_of_a_finished_cycles_task_changes_nothing(
+    store: Store, remote: Remote, services: Services
+) -> None:
+    make_cycle(store, step=Step.ASSESS)
+    store.finish(CYCLE_ID, OperationStatus.COMPLETED)
+
+    assert tasks.cancel_cycles_of_revoked(services, ["t0"]) == []
+    assert store.get(CYCLE_ID).status is OperationStatus.COMPLETED
 
 
 def test_revoked_housekeeping_task_is_not_mistaken_for_a_step(
