@@ -4,7 +4,7 @@ Setup (so that N cycles are in the training phase within seconds, not N designs 
 each cycle the benchmark writes the operation record as `start_training` leaves it (status
 running, phase training, step START_TRAINING, the strategy, training params, training
 operation id, deadline, `poll_errors: 0`), registers the remote job with the fast API, and
-enqueues only the rest of the chain, `research_chain(op_id, chain_task_ids(POLL_TRAINING))`,
+enqueues only the rest of the chain, `chain_of(op_id, chain_task_ids(POLL_TRAINING))`,
 with its first poll spread uniformly over one interval (as cycles started at random times
 would be). Each remote job starts up to one interval before its first poll and runs
 `job_seconds`, then answers `completed`; the cycle then runs its gate and stub phases and
@@ -106,7 +106,7 @@ def put_cycles_in_training(
     from ktrdr_tasks.cycle import Step
     from ktrdr_tasks.settings import get_settings
     from ktrdr_tasks.store import get_store
-    from ktrdr_tasks.workflow import chain_task_ids, research_chain
+    from ktrdr_tasks.workflow import chain_of, chain_task_ids
 
     store, limit = get_store(), get_settings().max_active_cycles
     rng = random.Random(seed)
@@ -140,7 +140,7 @@ def put_cycles_in_training(
     enqueued = time.perf_counter()
     for (op_id, _, ids), offset in zip(cycles, offsets, strict=True):
         eta = datetime.fromtimestamp(start + offset, tz=UTC)
-        research_chain(op_id, ids).apply_async(eta=eta)
+        chain_of(op_id, ids).apply_async(eta=eta)
     enqueue_seconds = time.perf_counter() - enqueued
     if time.time() > start and not warmup:
         print(f"warning: enqueueing ended {time.time() - start:.1f} s after the first poll was due")

@@ -1,6 +1,6 @@
 """The one table of a research cycle's steps: order, task name, phase, label, progress span.
 
-The chain (`workflow.research_chain`), the tasks, the reconciler and the progress maths all
+The chain (`workflow.chain_of`), the tasks, the reconciler and the progress maths all
 read this table, so adding a step is one entry here plus its step function in `cycle.py` and
 its task in `tasks.py`. A step's position is its value: the store lets the recorded position
 only move forward, which is how a late duplicate of a passed step learns that the chain moved

@@ -99,6 +99,19 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return {1}
 """
 
+# RECORD_FINAL: store an operation that is final from the start (a refused cycle), once.
+#   KEYS[1] the operation hash, KEYS[2] index (sorted by creation)
+#   ARGV[1] operation id, ARGV[2] creation timestamp, ARGV[3] retention in seconds,
+#   ARGV[4..] field, value...
+#   -> 1 recorded, 0 an operation with this id exists (left as it is)
+_RECORD_FINAL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""
+
 # UPDATE: the one compare-and-set behind every change of an operation.
 #   KEYS[1] operation hash, KEYS[2] active set
 #   ARGV[1] expected statuses, comma-separated ("" = any active)
@@ -269,6 +282,7 @@ class Store:
         self.safe_url = safe_url
         self._prune = client.register_script(_PRUNE)
         self._create = client.register_script(_CREATE)
+        self._record_final = client.register_script(_RECORD_FINAL)
         self._update = client.register_script(_UPDATE)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
@@ -318,6 +332,31 @@ class Store:
         if int(answer[0]) == 1:
             return []
         return [str(op_id) for op_id in answer[1:]]
+
+    @_redis_errors
+    def record_refused(self, operation: Operation, message: str) -> bool:
+        """Keep a cycle the active-cycle limit refused as a failed record (never active).
+
+        For a cycle a backend enqueued itself: the refusal must show in `ktrdr agent list`,
+        not vanish. False when an operation with this id already exists.
+        """
+        now = iso(utc_now())
+        refused = operation.model_copy(
+            update={
+                "status": OperationStatus.FAILED,
+                "error_message": message,
+                "completed_at": now,
+                "heartbeat_at": now,
+            }
+        )
+        fields = refused.model_dump(exclude={"metadata"}, mode="json")
+        fields.update(_metadata_fields(refused.metadata))
+        fields["progress_pct"] = refused.progress.percentage
+        answer = self._record_final(
+            keys=[operation_key(operation.operation_id), index_key()],
+            args=[operation.operation_id, time.time(), self.retention_s, *_encode_fields(fields)],
+        )
+        return bool(answer)
 
     @_redis_errors
     def find(self, operation_id: str) -> Operation | None:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from celery.signals import task_revoked
 from celery.utils.functional import maybe_list
 from celery.worker import control
 
-from ktrdr_tasks import cycle
+from ktrdr_tasks import cycle, workflow
 from ktrdr_tasks.app import app
 from ktrdr_tasks.cycle import Ended, Fail, Outcome, Reschedule, Services
 from ktrdr_tasks.errors import (
@@ -43,7 +43,7 @@ from ktrdr_tasks.errors import (
     StoreUnavailableError,
     TransientApiError,
 )
-from ktrdr_tasks.models import Operation, OperationStatus
+from ktrdr_tasks.models import Operation, OperationStatus, iso, utc_now
 from ktrdr_tasks.reconciler import reconcile_cycles
 from ktrdr_tasks.remote import cancel_orphaned_job, cancel_training, queue_cancel
 from ktrdr_tasks.settings import Settings, get_settings
@@ -96,12 +96,18 @@ def run_step(
     services: Services,
     task_id: str,
     body: StepBody | None = None,
+    new_cycle: Mapping[str, Any] | None = None,
 ) -> Outcome:
     """Run one step of one cycle under the shared rules; returns the settled outcome.
 
-    `body` defaults to the step's own (declared with `step_task`).
+    `body` defaults to the step's own (declared with `step_task`). `new_cycle`: the first
+    step of a chain a backend enqueued (`workflow.research_chain`) creates the record first.
     """
     try:
+        if new_cycle is not None:
+            refused = _open_cycle(services, operation_id, new_cycle)
+            if refused is not None:
+                return refused
         return _run_leased(step, operation_id, services, task_id, body or STEP_BODIES[step])
     except StoreUnavailableError as exc:
         # A Redis blip must not fail the cycle: the step is idempotent, run it again once Redis
@@ -110,6 +116,37 @@ def run_step(
         countdown = max(1.0, services.settings.poll_interval_s)
         log.warning("%s %s: %s; retrying in %.0f s", operation_id, step.name, exc, countdown)
         return Reschedule(countdown)
+
+
+def _open_cycle(
+    services: Services, operation_id: str, new_cycle: Mapping[str, Any]
+) -> Ended | None:
+    """Create the record of a backend's cycle under the active-cycle limit, once.
+
+    Returns the refusal (the cycle recorded as failed, with ktrdr's reason) when the limit
+    stands in the way; None when the cycle may run (created now, or by an earlier delivery).
+    """
+    store = services.store
+    if store.find(operation_id) is not None:
+        return None
+    operation = workflow.new_cycle_record(
+        operation_id,
+        new_cycle.get("strategy"),
+        bool(new_cycle.get("bypass_gates")),
+        [str(task_id) for task_id in new_cycle.get("task_ids") or ()],
+        str(new_cycle.get("created_at") or iso(utc_now())),
+    )
+    limit = services.settings.max_active_cycles
+    blocking = store.create_operation(operation, limit)
+    if not blocking:
+        log.info("%s created by its chain", operation_id)
+        return None
+    answer = workflow.refusal(blocking, limit)
+    operation.metadata["refused"] = answer.model_dump(exclude_none=True)
+    message = f"Refused ({answer.reason}): {answer.message}"
+    store.record_refused(operation, message)
+    log.warning("%s %s", operation_id, message)
+    return Ended(f"cycle {operation_id} failed: {message}")
 
 
 def _run_leased(
@@ -269,8 +306,16 @@ def step_task(step: Step, **options: Any) -> Callable[[StepBody], Task]:
         STEP_BODIES[step] = body
 
         @app.task(name=step.task_name, bind=True, **options)
-        def run(self: Task, operation_id: str) -> dict[str, Any]:
-            outcome = run_step(step, operation_id, worker_services(), str(self.request.id))
+        def run(
+            self: Task, operation_id: str, new_cycle: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
+            outcome = run_step(
+                step,
+                operation_id,
+                worker_services(),
+                str(self.request.id),
+                new_cycle=new_cycle,
+            )
             if isinstance(outcome, Reschedule):
                 raise self.retry(countdown=outcome.countdown, max_retries=None)
             if isinstance(outcome, Fail):

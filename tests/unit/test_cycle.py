@@ -12,7 +12,7 @@ import fakeredis
 import httpx
 import pytest
 
-from ktrdr_tasks import cycle, tasks
+from ktrdr_tasks import cycle, tasks, workflow
 from ktrdr_tasks.cycle import Ended, Fail, Reschedule, Services
 from ktrdr_tasks.models import OperationStatus, Phase
 from ktrdr_tasks.settings import Settings
@@ -375,3 +375,65 @@ def test_every_step_in_table_order_takes_a_cycle_from_queued_to_completed(
     assert record.result_summary["gate"] == "passed"
     assert record.result_summary["backtest"].startswith("stub")
     assert len(posts(remote)) == 1
+
+
+# -- a chain a backend enqueued itself --------------------------------------------------------
+
+
+def first_task_of(chain: object) -> tuple[str, dict]:
+    head = chain.tasks[0]  # type: ignore[attr-defined]
+    return head.args[0], head.kwargs["new_cycle"]
+
+
+def test_backends_chain_creates_its_cycle_in_its_first_task(
+    store: Store, services: Services
+) -> None:
+    built = workflow.research_chain(strategy=STRATEGY, bypass_gates=True)
+    op_id, new_cycle = first_task_of(built)
+    assert op_id == built.operation_id and store.find(op_id) is None
+
+    outcome = tasks.run_step(Step.DESIGN, op_id, services, "task-1", new_cycle=new_cycle)
+
+    assert outcome == {"strategy_name": STRATEGY}
+    record = store.get(op_id)
+    assert record.status is OperationStatus.RUNNING and record.metadata["bypass_gates"] is True
+    assert record.task_ids == [task.id for task in built.tasks]
+    assert store.active_ids() == [op_id]
+
+
+def test_backends_chain_over_the_limit_is_recorded_refused_never_dropped(
+    store: Store, remote: Remote, settings: Settings
+) -> None:
+    make_cycle(store, step=Step.POLL_TRAINING, training_id=TRAINING_ID)
+    at_limit_one = remote.services(store, settings.model_copy(update={"max_active_cycles": 1}))
+    op_id, new_cycle = first_task_of(workflow.research_chain(strategy=STRATEGY))
+
+    outcome = tasks.run_step(Step.DESIGN, op_id, at_limit_one, "task-1", new_cycle=new_cycle)
+
+    assert isinstance(outcome, Ended) and not outcome.superseded
+    refused = store.get(op_id)
+    assert refused.status is OperationStatus.FAILED
+    assert (
+        refused.error_message == f"Refused (active_cycle_exists): Active cycle exists: {CYCLE_ID}"
+    )
+    assert refused.metadata["refused"]["operation_id"] == CYCLE_ID
+    assert store.active_ids() == [CYCLE_ID]
+    assert [op.operation_id for op in store.list_operations(10)] == [op_id, CYCLE_ID]
+
+
+def test_backends_chain_redelivered_after_creating_its_cycle_goes_on(
+    store: Store, remote: Remote, settings: Settings
+) -> None:
+    at_limit_one = remote.services(store, settings.model_copy(update={"max_active_cycles": 1}))
+    op_id, new_cycle = first_task_of(workflow.research_chain(strategy=STRATEGY))
+    tasks.run_step(Step.DESIGN, op_id, at_limit_one, "task-1", new_cycle=new_cycle)
+
+    again = tasks.run_step(Step.DESIGN, op_id, at_limit_one, "task-1", new_cycle=new_cycle)
+
+    assert again == {"strategy_name": STRATEGY}  # its own record is no other active cycle
+    assert store.get(op_id).status is OperationStatus.RUNNING
+
+
+def test_research_chain_takes_keywords_only() -> None:
+    with pytest.raises(TypeError):
+        workflow.research_chain(CYCLE_ID)  # type: ignore[misc]
