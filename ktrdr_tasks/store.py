@@ -69,7 +69,7 @@ end
 """
 
 # PRUNE: forget an active-set member whose record expired or ended, so a lost write can never
-# block triggers (run for each member before CREATE; removing a stale member is always safe).
+# block triggers (run for the members that refused a CREATE; removing a stale one is safe).
 #   KEYS[1] active set, KEYS[2] the member's operation hash
 #   ARGV[1] the member's operation id
 #   -> 1 removed, 0 kept (still active)
@@ -322,16 +322,24 @@ class Store:
         fields.update(_metadata_fields(operation.metadata))
         fields.update(_bookkeeping_fields(operation.bookkeeping.model_dump(exclude_defaults=True)))
         fields["progress_pct"] = operation.progress.percentage
-        created_ts = time.time()
-        for active_id in self.redis.smembers(active_key()):
-            self._prune(keys=[active_key(), operation_key(active_id)], args=[active_id])
-        answer = self._create(
-            keys=[active_key(), operation_key(operation.operation_id), index_key()],
-            args=[limit, operation.operation_id, created_ts, *_encode_fields(fields)],
-        )
+        args = [limit, operation.operation_id, time.time(), *_encode_fields(fields)]
+        keys = [active_key(), operation_key(operation.operation_id), index_key()]
+        answer = self._create(keys=keys, args=args)
+        # Refused: first drop members whose record expired or ended (a lost write must never
+        # block triggers), then try once more. Only a refusal pays for the clean-up.
+        if int(answer[0]) == 0 and self._prune_stale([str(op_id) for op_id in answer[1:]]):
+            answer = self._create(keys=keys, args=args)
         if int(answer[0]) == 1:
             return []
         return [str(op_id) for op_id in answer[1:]]
+
+    def _prune_stale(self, active_ids: list[str]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for active_id in active_ids:
+            self._prune(
+                keys=[active_key(), operation_key(active_id)], args=[active_id], client=pipe
+            )
+        return sum(int(removed) for removed in pipe.execute())
 
     @_redis_errors
     def record_refused(self, operation: Operation, message: str) -> bool:
