@@ -16,7 +16,7 @@ from ktrdr_tasks.store import get_store
 from tests.integration.conftest import wait_for, wait_for_condition, write_strategy
 from tests.support.environment import apply_env
 from tests.support.fake_training_api import Behaviour, FakeTrainingApi
-from tests.support.processes import BIN, Process, RedisServer, start_worker
+from tests.support.processes import BIN, REPO, Process, RedisServer, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +105,31 @@ def test_two_backend_chains_at_limit_one_one_runs_and_one_is_recorded_refused(
     )
     assert fake_api.starts_for(second) == 0
     assert winner["status"] == "completed", winner["error_message"]
+
+
+def readme_backend_example() -> str:
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- backend-example -->", 1)[1]
+    return block.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_fastapi_backend_starts_a_cycle_that_reaches_its_verdict(
+    limited_worker: Process,
+    backend_env: dict[str, str],
+    fake_api: FakeTrainingApi,
+    strategies_dir: Path,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    name = write_strategy(strategies_dir, "backend_fastapi")
+    example: dict[str, object] = {}
+    exec(compile(readme_backend_example(), "README.md", "exec"), example)
+    client = TestClient(example["api"])  # type: ignore[arg-type]
+
+    op_id = client.post("/cycles", params={"strategy": name}).json()["operation_id"]
+    wait_for_condition(lambda: recorded(op_id), 30, "the first task to create the cycle")
+    wait_for(op_id, {"completed", "failed", "cancelled"})
+
+    answer = client.get(f"/cycles/{op_id}").json()
+    assert answer["status"] == "completed", answer["error_message"]
+    assert answer["metadata"]["strategy_name"] == name
