@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -146,14 +147,19 @@ def _use(stack: Stack) -> Any:
     return workflow
 
 
-def _long_training(stack: Stack, name: str) -> str:
-    """A copy of the example strategy that trains long enough to be revoked while training."""
+def _variant(stack: Stack, name: str, **training: object) -> str:
+    """A copy of the example strategy under `name` with other training settings."""
     source = stack.strategies_dir / "eurusd_1h_rsi_macd_adx.yaml"
     document = yaml.safe_load(source.read_text())
     document["name"] = name
-    document["model"]["training"]["epochs"] = 400
+    document["model"]["training"].update(training)
     (stack.strategies_dir / f"{name}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     return name
+
+
+def _long_training(stack: Stack, name: str) -> str:
+    """Trains long enough to be revoked while training."""
+    return _variant(stack, name, epochs=400)
 
 
 def _training_on_host(stack: Stack, workflow: Any, operation_id: str) -> str:
@@ -171,6 +177,7 @@ def _host_status(stack: Stack, training_id: str) -> str:
 
 
 def _cancelled_everywhere(stack: Stack, workflow: Any, op_id: str, training_id: str) -> dict:
+    revoked_at = time.monotonic()
     wait_until(
         lambda: workflow.status(op_id)["status"] == "cancelled", 20, "the cycle to be cancelled"
     )
@@ -179,6 +186,7 @@ def _cancelled_everywhere(stack: Stack, workflow: Any, op_id: str, training_id: 
         20,
         "the training to be cancelled on the host",
     )
+    print(f"{op_id}: cancelled everywhere {time.monotonic() - revoked_at:.1f} s after the revoke")
     wait_until(
         lambda: all(t["state"] != "STARTED" for t in flower_tasks(stack, op_id).values()),
         15,
@@ -200,6 +208,45 @@ def test_every_step_of_a_completed_cycle_is_a_success_in_flower(stack: Stack) ->
         return steps <= set(states) and {states[name] for name in steps} == {"SUCCESS"}
 
     wait_until(all_succeeded, 15, "every step SUCCESS in Flower", interval=0.3)
+
+
+def test_a_gate_rejected_cycle_shows_its_gate_task_failed_with_the_reason(stack: Stack) -> None:
+    # One epoch at a learning rate that moves nothing: the test loss stays near chance (about
+    # 1.1 for three classes), far above the gate's 0.8.
+    workflow = _use(stack)
+    name = _variant(stack, "untrained", epochs=1, learning_rate=1e-9)
+    op_id = workflow.trigger(strategy=name).operation_id
+    wait_until(lambda: workflow.status(op_id)["status"] == "failed", 120, "the gate to reject")
+    message = workflow.status(op_id)["error_message"]
+    assert message.startswith("Training gate failed")
+
+    def gate_failed() -> bool:
+        by_name = {t["name"]: t for t in flower_tasks(stack, op_id).values()}
+        gate = by_name.get("ktrdr.training_gate") or {}
+        return gate.get("state") == "FAILURE" and "Training gate failed" in str(
+            gate.get("exception")
+        )
+
+    wait_until(gate_failed, 15, "the gate task FAILURE in Flower", interval=0.3)
+    states = [t["state"] for t in flower_tasks(stack, op_id).values()]
+    assert "STARTED" not in states
+
+
+def test_flowers_revoke_endpoint_cancels_the_cycle_and_the_training(stack: Stack) -> None:
+    workflow = _use(stack)
+    op_id = workflow.trigger(strategy=_long_training(stack, "revoked_in_flower")).operation_id
+    training_id = _training_on_host(stack, workflow, op_id)
+    poll_task = workflow.status(op_id)["task_ids"][Step.POLL_TRAINING - 1]
+
+    answer = httpx.post(
+        f"{stack.flower_url}/api/task/revoke/{poll_task}",
+        auth=(FLOWER_USER, stack.flower_password),
+        timeout=10,
+    )
+
+    assert answer.status_code == 200, answer.text
+    final = _cancelled_everywhere(stack, workflow, op_id, training_id)
+    assert poll_task in final["error_message"]
 
 
 def test_celery_control_revoke_of_the_poll_cancels_the_cycle_and_the_training(
