@@ -310,15 +310,10 @@ def stack(
 
 
 def _reset_project_singletons() -> None:
-    """Settings, store and the Celery broker URL are read once per process: read them again."""
-    from ktrdr_tasks.app import app
-    from ktrdr_tasks.settings import get_settings
-    from ktrdr_tasks.store import reset_store
+    """Settings, store and the Celery app read the environment once per process: again."""
+    from ktrdr_tasks.workflow import use_environment
 
-    get_settings.cache_clear()
-    reset_store()
-    # The broker connection pool is created on first publish, after the stack set the URL.
-    app.conf.broker_url = os.environ.get("REDIS_URL")
+    use_environment({})
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser, pool: str = "prefork") -> None:

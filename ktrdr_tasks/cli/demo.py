@@ -13,10 +13,7 @@ both are real outcomes of research); 1 when it failed otherwise, was cancelled o
 from __future__ import annotations
 
 import contextlib
-import importlib
-import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,19 +70,9 @@ def _uninterruptible() -> Iterator[None]:
 
 def _use_stack(env: dict[str, str]) -> None:
     """Point this process (trigger, status) at the stack, as its children are."""
-    os.environ.update(env)
-    get_settings.cache_clear()
-    from ktrdr_tasks.store import reset_store
+    from ktrdr_tasks.workflow import use_environment
 
-    reset_store()
-    # Celery reads celeryconfig on first use; if something already read it, read it again.
-    if "celeryconfig" in sys.modules:
-        from ktrdr_tasks.app import app
-
-        config = importlib.reload(sys.modules["celeryconfig"])
-        app.conf.update(
-            broker_url=config.broker_url, broker_transport_options=config.broker_transport_options
-        )
+    use_environment(env)
 
 
 def _shown(path: str | Path | None) -> str:
