@@ -35,7 +35,16 @@ def test_design_json_prints_one_object_and_saves_the_file(strategies_dir):
     result = run("design", "--seed", "4", "--json")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"name", "path", "fingerprint", "hypothesis", "designer"}
+    assert set(payload) == {
+        "name",
+        "path",
+        "fingerprint",
+        "hypothesis",
+        "designer",
+        "seed",
+        "candidate",
+        "skipped",
+    }
     assert payload["designer"] == "builtin"
     assert Path(payload["path"]) == strategies_dir / f"{payload['name']}.yaml"
     assert Path(payload["path"]).exists()
