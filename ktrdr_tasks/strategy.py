@@ -44,17 +44,19 @@ _SHOWN_NAME = 60  # characters of a refused name echoed back: a 100 kB name is n
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """How much of a strategy file is read at all. Real strategies: 2-10 KB, depth 6, no alias.
+    """How much of a strategy file is read at all.
 
-    `max_expanded` counts one per node plus one per scalar character, with every alias
-    expanded: without aliases a file's expanded size is about its byte size, so only alias
-    multiplication can trip it.
+    Real strategies are 2-6 KB (ktrdr's largest: 6 KB), about 6 levels deep, without aliases;
+    the limits leave 20x room and keep the worst accepted file to about a second of parsing
+    on a busy 2-core machine (a 10 MB file took 38 s and 1.6 GB there). `max_expanded` counts
+    one per node plus one per scalar character with every alias expanded: without aliases
+    that is about the byte size, so only aliases can trip it.
     """
 
-    max_bytes: int = 1024 * 1024
+    max_bytes: int = 128 * 1024
     max_depth: int = 50
     max_aliases: int = 1_000
-    max_expanded: int = 2 * 1024 * 1024
+    max_expanded: int = 256 * 1024
 
 
 DEFAULT_LIMITS = ReadLimits()
@@ -118,7 +120,7 @@ def known_strategies(strategies_dir: Path) -> list[str]:
 def existing_strategy_path(name: str, strategies_dir: Path) -> Path:
     """`strategy_path` for a file that must exist; the error lists what does exist."""
     path = strategy_path(name, strategies_dir)
-    if not path.is_file():
+    if not path.exists():
         known = known_strategies(strategies_dir)
         listed = ", ".join(known[:10]) + (" ..." if len(known) > 10 else "") if known else "none"
         raise StrategyError(f"strategy {name!r} not found in {strategies_dir} (known: {listed})")
