@@ -185,7 +185,7 @@ def _check_bounds(text: str, source: str, limits: ReadLimits) -> None:
     open_frames: list[list[Any]] = []  # [expanded size so far, anchor] per open collection
     aliases = expanded = 0
 
-    def add(size: int) -> None:
+    def count(size: int) -> None:
         nonlocal expanded
         expanded += size
         if expanded > limits.max_expanded:
@@ -193,6 +193,8 @@ def _check_bounds(text: str, source: str, limits: ReadLimits) -> None:
                 f"strategy file {source} expands to more than {limits.max_expanded:,} nodes "
                 f"and characters (limit for strategy files; YAML aliases multiply content)"
             )
+
+    def into_parent(size: int) -> None:
         if open_frames:
             open_frames[-1][0] += size
 
@@ -203,17 +205,19 @@ def _check_bounds(text: str, source: str, limits: ReadLimits) -> None:
                     f"strategy file {source} nests deeper than {limits.max_depth} levels "
                     f"(limit for strategy files; line {event.start_mark.line + 1})"
                 )
-            add(1)
+            count(1)
             open_frames.append([1, event.anchor])
         elif isinstance(event, yaml.CollectionEndEvent):
             size, anchor = open_frames.pop()
             if anchor is not None:
                 anchors[anchor] = size
+            into_parent(size)  # already counted; the enclosing anchor's size includes it
         elif isinstance(event, yaml.ScalarEvent):
             size = 1 + len(event.value)
             if event.anchor is not None:
                 anchors[event.anchor] = size
-            add(size)
+            count(size)
+            into_parent(size)
         elif isinstance(event, yaml.AliasEvent):
             aliases += 1
             if aliases > limits.max_aliases:
@@ -226,7 +230,9 @@ def _check_bounds(text: str, source: str, limits: ReadLimits) -> None:
                     f"strategy file {source} refers to &{event.anchor} inside itself "
                     "(a recursive YAML alias cannot be a strategy)"
                 )
-            add(anchors.get(event.anchor, 1))  # an unknown anchor fails in the loader
+            size = anchors.get(event.anchor, 1)  # an unknown anchor fails in the loader
+            count(size)
+            into_parent(size)
 
 
 def load_strategy_config(name: str, strategies_dir: Path | None = None) -> dict[str, Any]:

@@ -363,6 +363,18 @@ def test_odd_yaml_is_one_line_strategy_error(text: str, reason: str, tmp_path: P
     assert "\n" not in str(error.value) and "odd.yaml" in str(error.value)
 
 
+def test_a_bomb_hidden_in_anonymous_nesting_is_counted_in_full(tmp_path: Path) -> None:
+    # Each anchor wraps its aliases in two anonymous lists: the expansion still multiplies.
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, 7):
+        refs = ", ".join([f"*l{level - 1}"] * 9)
+        lines.append(f"l{level}: &l{level} [[[{refs}]]]")
+    path = tmp_path / "hidden.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StrategyError, match="expands to more than"):
+        read_strategy_file(path)
+
+
 def test_anchors_within_the_limits_are_read_as_usual(tmp_path: Path) -> None:
     path = tmp_path / "shared.yaml"
     path.write_text(
