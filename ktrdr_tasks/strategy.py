@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel
 
 from ktrdr_tasks.errors import StrategyError
+from ktrdr_tasks.settings import get_settings
 
 STRATEGY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
@@ -238,8 +239,6 @@ def _check_bounds(text: str, source: str, limits: ReadLimits) -> None:
 def load_strategy_config(name: str, strategies_dir: Path | None = None) -> dict[str, Any]:
     """The strategy `name` from `strategies_dir` (default: KTRDR_STRATEGIES_DIR), read safely."""
     if strategies_dir is None:
-        from ktrdr_tasks.settings import get_settings
-
         strategies_dir = get_settings().strategies_dir
     return read_strategy_file(existing_strategy_path(name, strategies_dir))
 

@@ -18,14 +18,12 @@ from typing import Any
 
 import click
 
-from ktrdr_tasks.cli import EXIT_BAD_INPUT
 from ktrdr_tasks.design import DesignResult, design_strategy
+from ktrdr_tasks.errors import EXIT_BAD_INPUT as EXIT_INVALID
 from ktrdr_tasks.errors import FieldError, StrategyError, StrategyValidationError
 from ktrdr_tasks.settings import get_settings
 from ktrdr_tasks.strategy import existing_strategy_path, is_strategy_name, read_strategy_file
 from ktrdr_tasks.strategy_schema import check_strategy
-
-EXIT_INVALID = EXIT_BAD_INPUT
 
 HistoryProvider = Callable[[], Sequence[Mapping[str, Any]]]
 

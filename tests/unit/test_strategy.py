@@ -11,6 +11,7 @@ import yaml
 
 from ktrdr_tasks.design import summarize_design
 from ktrdr_tasks.errors import StrategyError, StrategyValidationError
+from ktrdr_tasks.settings import get_settings
 from ktrdr_tasks.strategy import (
     STRATEGY_NAME,
     extract_training_params,
@@ -244,3 +245,15 @@ def test_the_chain_and_the_schema_refuse_the_same_dates(tmp_path: Path, text: st
 def test_the_schema_uses_the_chains_name_rule() -> None:
     assert schema_name_rule is STRATEGY_NAME
     assert load_strategy_file is read_strategy_file
+
+
+def test_load_strategy_config_defaults_to_the_configured_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "here.yaml").write_text("name: here\n")
+    monkeypatch.setenv("KTRDR_STRATEGIES_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        assert load_strategy_config("here") == {"name": "here"}
+    finally:
+        get_settings.cache_clear()
