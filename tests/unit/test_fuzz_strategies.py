@@ -35,8 +35,10 @@ from ktrdr_tasks.models import Operation, OperationStatus, Phase, iso, utc_now
 from ktrdr_tasks.settings import Settings
 from ktrdr_tasks.store import Store
 from ktrdr_tasks.strategy import (
+    ReadLimits,
     extract_training_params,
     load_strategy_config,
+    parse_strategy_text,
     read_strategy_file,
     strategy_path,
     validate_strategy_name,
@@ -420,3 +422,47 @@ def test_any_bomb_or_nesting_is_read_within_bounds_or_refused(
         # What the host writes as config.json stays small.
         assert len(json.dumps(document)) < 4 * 1024 * 1024
     assert time.perf_counter() - started < MAX_SECONDS
+
+
+def _expanded_size(value: object, memo: dict[int, int]) -> int:
+    """The reader's measure on a built document: one per node, plus each scalar's characters."""
+    if isinstance(value, str):
+        return 1 + len(value)
+    if id(value) not in memo:
+        if isinstance(value, dict):
+            memo[id(value)] = 1 + sum(
+                _expanded_size(k, memo) + _expanded_size(v, memo) for k, v in value.items()
+            )
+        else:
+            assert isinstance(value, list)
+            memo[id(value)] = 1 + sum(_expanded_size(item, memo) for item in value)
+    return memo[id(value)]
+
+
+@st.composite
+def shared_structures(draw: st.DrawFn) -> dict[str, object]:
+    """Lists and mappings built from earlier ones: safe_dump writes the sharing as aliases."""
+    pool: list[object] = draw(st.lists(st.text("ab", min_size=1, max_size=5), min_size=1))
+    for _ in range(draw(st.integers(1, 12))):
+        picks = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=8))
+        if draw(st.booleans()):
+            pool.append(picks)
+        else:
+            pool.append({f"k{i}": item for i, item in enumerate(picks)})
+    return {"name": "shared", "top": pool[-1]}
+
+
+@FUZZ
+@given(document=shared_structures())
+def test_the_expansion_count_is_exact_for_shared_structures(document: dict[str, object]) -> None:
+    limits = ReadLimits(max_expanded=500, max_aliases=10_000)
+    size = _expanded_size(document, {})
+    text = yaml.safe_dump(document)
+    try:
+        parsed = parse_strategy_text(text, "shared.yaml", limits)
+    except StrategyError as exc:
+        assert "expands to more than 500 " in str(exc)
+        assert size > limits.max_expanded
+    else:
+        assert parsed == document
+        assert size <= limits.max_expanded
