@@ -32,8 +32,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from ktrdr_tasks.catalogue import IndicatorSpec, find_indicator, param_errors, resolve_params
 from ktrdr_tasks.errors import FieldError, StrategyValidationError
+from ktrdr_tasks.strategy import STRATEGY_NAME as STRATEGY_NAME  # the one name rule
 from ktrdr_tasks.strategy import (
-    STRATEGY_NAME,
     date_problem,
     date_selection,
     date_text,
@@ -44,8 +44,6 @@ from ktrdr_tasks.strategy import (
 
 # The one bounded reader, under the name the host, the tools and the tests know it by.
 load_strategy_file = read_strategy_file
-
-__all__ = ["STRATEGY_NAME", "load_strategy_file"]
 
 FEATURE_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
 RESERVED_FEATURE_IDS = frozenset({"open", "high", "low", "close", "volume"})
