@@ -26,6 +26,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from ktrdr_tasks import cycle, workflow
+from ktrdr_tasks import strategy as strategy_module
 from ktrdr_tasks.cli.strategy import strategy as strategy_cli
 from ktrdr_tasks.cycle import Step
 from ktrdr_tasks.design import design_strategy
@@ -466,3 +467,22 @@ def test_the_expansion_count_is_exact_for_shared_structures(document: dict[str, 
     else:
         assert parsed == document
         assert size <= limits.max_expanded
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_the_pure_python_loader_is_as_safe_where_libyaml_is_missing(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(strategy_module, "_SAFE_LOADER", yaml.SafeLoader)
+    path = write_hostile(tmp_path, kind)
+    outcome, _, peak = measured(lambda: read_strategy_file(path))
+    assert_one_line_refusal(outcome, kind, path)
+    assert peak < MAX_PEAK_BYTES, peak
+    # Timed apart: tracing slows the pure-Python scanner several times over. Its scan of the
+    # 600 brackets is quadratic (0.35 s on a busy 2-core machine, as before the limits).
+    started = time.perf_counter()
+    with pytest.raises(StrategyError):
+        read_strategy_file(path)
+    assert time.perf_counter() - started < 2 * MAX_SECONDS
+    good = REPO / "strategies" / f"{GOOD}.yaml"
+    assert read_strategy_file(good) == yaml.safe_load(good.read_text())
