@@ -195,8 +195,37 @@ def test_every_example_strategy_gives_training_params() -> None:
 # -- one reading everywhere: the chain, the designer's fingerprint and the schema -----------
 
 
+V2_STRATEGY = """
+name: pinned
+version: "1.0"
+scope: symbol_specific
+training_data:
+  symbols: {mode: single, symbol: EURUSD}
+  timeframes: {mode: single, timeframe: 1h}
+deployment:
+  target_symbols: {mode: training_only}
+  target_timeframes: {mode: single, timeframe: 1h}
+indicators:
+  - {name: RSI, feature_id: rsi_14, period: 14}
+fuzzy_sets:
+  rsi_14:
+    low: {type: triangular, parameters: [0, 20, 40]}
+    high: {type: triangular, parameters: [60, 80, 100]}
+model:
+  type: mlp
+  architecture: {hidden_layers: [8]}
+  features: {lookback_periods: 1}
+  training: {epochs: 2}
+decisions: {output_format: classification, confidence_threshold: 0.6, position_awareness: true}
+training:
+  method: supervised
+  labels: {source: zigzag, zigzag_threshold: 0.005, label_lookahead: 20}
+  data_split: {test_size: 0.15, validation_size: 0.15}
+"""
+
+
 def _schema_document(training_data: dict) -> dict:
-    document = yaml.safe_load((REPO / "strategies" / "eurusd_1h_rsi_macd_adx.yaml").read_text())
+    document = yaml.safe_load(V2_STRATEGY)
     document["training_data"] = {**document["training_data"], **training_data}
     return document
 
