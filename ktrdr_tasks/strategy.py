@@ -8,7 +8,7 @@ list mean the same thing to all of them.
 Reading is bounded because a strategy file is untrusted input (DESIGN section 5) and some
 readers re-serialise what they read: a 2 KB YAML alias bomb expands to gigabytes, a 600-deep
 nesting exhausts Python's recursion limit in a recursive composer, and a 10 MB file takes
-seconds and hundreds of megabytes to build. Before anything is built, one pass over the
+tens of seconds and over a gigabyte to build. Before anything is built, one pass over the
 parser's events (iterative, constant stack) checks the nesting depth, counts the aliases and
 the size of the document as it would be with every alias expanded; then libyaml's safe
 loader builds it. Each refusal is one `StrategyError` line naming the limit and the file.
