@@ -2,9 +2,11 @@
 
 `design` runs the same designer the chain's `design` task runs, with the cycle history from
 Redis when Redis answers (without it, only the files on disk keep it from repeating a design),
-and saves the file. `validate` applies the validator
-and the trainer's rules (`check_strategy`) to a path or to a name in the strategies directory,
-and exits 2 with one line per bad field when the file would not train.
+and saves the file; it says which candidate of the seed's sequence it chose and why earlier
+ones were skipped. `validate` applies the validator and the trainer's rules (`check_strategy`)
+to a path or to a name in the strategies directory, read with the chain's bounded reader, and
+exits 2 with one line per bad field when the file would not train (one line, too, for a file
+that is refused unread: too big, too deep, an alias bomb).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Any
 
 import click
 
-from ktrdr_tasks.design import design_strategy
+from ktrdr_tasks.design import DesignResult, design_strategy
 from ktrdr_tasks.errors import EXIT_BAD_INPUT as EXIT_INVALID
 from ktrdr_tasks.errors import FieldError, StrategyError, StrategyValidationError
 from ktrdr_tasks.settings import get_settings
-from ktrdr_tasks.strategy_schema import STRATEGY_NAME, check_strategy, load_strategy_file
+from ktrdr_tasks.strategy import existing_strategy_path, is_strategy_name, read_strategy_file
+from ktrdr_tasks.strategy_schema import check_strategy
 
 HistoryProvider = Callable[[], Sequence[Mapping[str, Any]]]
 
@@ -53,20 +56,44 @@ def design(seed: int | None, as_json: bool) -> None:
     settings = get_settings()
     result = design_strategy(settings, history_provider(), seed=seed)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "name": result.name,
-                    "path": str(result.path),
-                    "fingerprint": result.fingerprint,
-                    "hypothesis": result.hypothesis,
-                    "designer": result.designer,
-                }
-            )
-        )
+        click.echo(json.dumps(design_payload(result)))
         return
     click.echo(f"{result.name}  {result.path}")
     click.echo(result.hypothesis)
+    if result.seed is not None:
+        click.echo(_choice_line(result))
+
+
+def design_payload(result: DesignResult) -> dict[str, Any]:
+    """The `--json` object: the design, and the seed and candidate that reproduce the choice."""
+    return {
+        "name": result.name,
+        "path": str(result.path),
+        "fingerprint": result.fingerprint,
+        "hypothesis": result.hypothesis,
+        "designer": result.designer,
+        "seed": result.seed,
+        "candidate": result.candidate,
+        "skipped": [
+            {"candidate": s.candidate, "name": s.name, "reason": s.reason} for s in result.skipped
+        ],
+    }
+
+
+def _choice_line(result: DesignResult) -> str:
+    """Why this design: the seed, its position in the seed's sequence, what was skipped."""
+    known = sum(1 for s in result.skipped if s.reason == "known_design")
+    taken = len(result.skipped) - known
+    parts = []
+    if known:
+        parts.append(f"{known} already designed")
+    if taken:
+        parts.append(f"{taken} name taken")
+    why = f": {', '.join(parts)}" if parts else ""
+    return (
+        f"seed {result.seed}, candidate {result.candidate} of its sequence "
+        f"({len(result.skipped)} skipped{why})"
+    )
 
 
 @strategy.command()
@@ -92,27 +119,16 @@ def validate(ctx: click.Context, name_or_path: str, as_json: bool) -> None:
 
 
 def resolve_strategy_path(name_or_path: str, strategies_dir: Path) -> Path:
-    """A path as given, or `<strategies_dir>/<name>.yaml` for a name that follows the rule."""
+    """A path as given (the user's own file), or the strategy of that name in the directory."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or len(candidate.parts) > 1:
         return candidate
-    if not STRATEGY_NAME.match(name_or_path):
+    if not is_strategy_name(name_or_path):
         raise StrategyError(
-            f"'{name_or_path}' is neither a path nor a strategy name "
+            f"{name_or_path[:60]!r} is neither a path nor a strategy name "
             "(letters, digits, '_' and '-' only)"
         )
-    directory = Path(strategies_dir).resolve()
-    path = (directory / f"{name_or_path}.yaml").resolve()
-    # A symlink may not lead out of the strategies directory (DESIGN section 5).
-    if directory not in path.parents:
-        raise StrategyError(f"Strategy '{name_or_path}' resolves outside {strategies_dir}")
-    if not path.exists():
-        known = sorted(p.stem for p in directory.glob("*.yaml"))[:10]
-        raise StrategyError(
-            f"Strategy '{name_or_path}' not found in {strategies_dir} "
-            f"(known: {', '.join(known) or 'none'})"
-        )
-    return path
+    return existing_strategy_path(name_or_path, strategies_dir)
 
 
 def _check(name_or_path: str, strategies_dir: Path) -> tuple[str, list[FieldError]]:
@@ -120,7 +136,7 @@ def _check(name_or_path: str, strategies_dir: Path) -> tuple[str, list[FieldErro
     name = Path(name_or_path).stem
     try:
         path = resolve_strategy_path(name_or_path, strategies_dir)
-        document = load_strategy_file(path)
+        document = read_strategy_file(path)
         name = str(document.get("name") or path.stem)
         check_strategy(document, str(path))
     except StrategyValidationError as exc:

@@ -203,6 +203,35 @@ def test_invalid_strategy_is_400_with_a_detail_object(host: Host) -> None:
     assert "decisions" in errors
 
 
+def _alias_bomb(levels: int = 7) -> str:
+    """9 ** levels leaves in a few hundred bytes."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("it_bomb", _alias_bomb()),
+        ("it_deep", "a: " + "[" * 600 + "]" * 600 + "\n"),
+        ("it_huge", "noise:\n" + "- {a: 1, b: two}\n" * 600_000),
+    ],
+)
+def test_a_hostile_strategy_file_is_400_unreadable_and_the_host_stays_up(
+    host: Host, name: str, text: str
+) -> None:
+    (host.models.parent / "strategies" / f"{name}.yaml").write_text(text)
+    started = time.monotonic()
+    response = host.start(name)
+    assert time.monotonic() - started < 2
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert detail["error_code"] == "STRATEGY-Unreadable"
+    assert "limit for strategy files" in detail["details"]["errors"][0]
+    assert host.http.get("/health").status_code == 200
+
+
 def test_bad_body_is_422_in_ktrdrs_envelope(host: Host) -> None:
     response = host.http.post("/trainings/start", json={"strategy_name": BASE, "symbols": []})
     assert response.status_code == 422

@@ -116,15 +116,16 @@ def test_yaml_never_constructs_objects(document: str, strategies: Path, tmp_path
     assert not marker.exists()
 
 
-def test_yaml_alias_bomb_is_parsed_without_blowing_up(strategies: Path) -> None:
+def test_yaml_alias_bomb_is_refused_without_blowing_up(strategies: Path) -> None:
     lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
     for i in range(1, 9):
         refs = ", ".join([f"*a{i - 1}"] * 9)
         lines.append(f"a{i}: &a{i} [{refs}]")
     lines.append("training_data: {symbols: *a8, timeframes: [1h]}")
     (strategies / "bomb.yaml").write_text("\n".join(lines))
-    # Aliases are shared references, not copies: loading stays small and fast.
-    assert isinstance(load_strategy_config("bomb", strategies), dict)
+    # Shared references in memory, but 9^9 leaves to anyone who serialises or walks them.
+    with pytest.raises(StrategyError, match=r"bomb\.yaml expands to more than"):
+        load_strategy_config("bomb", strategies)
 
 
 # -- secrets ---------------------------------------------------------------------------------

@@ -433,7 +433,7 @@ def test_load_strategy_file_reports_bad_yaml_and_non_mappings(tmp_path: Path):
         load_strategy_file(bad)
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
-    with pytest.raises(StrategyError, match="must hold one YAML mapping"):
+    with pytest.raises(StrategyError, match="must hold a YAML mapping"):
         load_strategy_file(listing)
     with pytest.raises(StrategyError, match="not found"):
         load_strategy_file(tmp_path / "missing.yaml")
