@@ -4,12 +4,14 @@
 Redis when Redis answers (without it, only the files on disk keep it from repeating a design),
 and saves the file. `validate` applies the validator
 and the trainer's rules (`check_strategy`) to a path or to a name in the strategies directory,
-and exits 2 with one line per bad field when the file would not train.
+and exits 2 with one line per bad field when the file would not train; it reads v2 and v3.
+`convert NAME --to v3` migrates a v2 file for today's ktrdr (`strategy_v3.migrate_file`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,39 @@ def validate(ctx: click.Context, name_or_path: str, as_json: bool) -> None:
     ctx.exit(EXIT_INVALID if errors else 0)
 
 
+@strategy.command()
+@click.argument("name_or_path")
+@click.option("--to", "target", type=click.Choice(["v3"]), required=True, help="Target format.")
+@click.option("--stdout", "to_stdout", is_flag=True, help="Print the result, change no file.")
+@click.pass_context
+def convert(ctx: click.Context, name_or_path: str, target: str, to_stdout: bool) -> None:
+    """Migrate a v2 strategy file to v3 in place (the original is kept as <file>.v2)."""
+    from ktrdr_tasks.strategy_v3 import migrate_document
+
+    try:
+        path = resolve_strategy_path(name_or_path, get_settings().strategies_dir)
+        text, notes = migrate_document(load_strategy_file(path), str(path), path.stem)
+    except StrategyError as exc:
+        errors = exc.errors if isinstance(exc, StrategyValidationError) else [exc]
+        for error in errors:
+            click.echo(str(error), err=True)
+        ctx.exit(EXIT_INVALID)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    if to_stdout:
+        click.echo(text, nl=False)
+        return
+    backup = path.with_name(f"{path.name}.v2")
+    if backup.exists():
+        click.echo(f"{backup} exists already: move it away to convert {path} again", err=True)
+        ctx.exit(EXIT_INVALID)
+    os.link(path, backup)  # the v2 original stays, under a name no loader lists
+    temporary = path.with_name(f".{path.name}.v3.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+    click.echo(f"{path} is v3 now (the v2 original is {backup})")
+
+
 def resolve_strategy_path(name_or_path: str, strategies_dir: Path) -> Path:
     """A path as given, or `<strategies_dir>/<name>.yaml` for a name that follows the rule."""
     candidate = Path(name_or_path)
@@ -123,7 +158,7 @@ def _check(name_or_path: str, strategies_dir: Path) -> tuple[str, list[FieldErro
         path = resolve_strategy_path(name_or_path, strategies_dir)
         document = load_strategy_file(path)
         name = str(document.get("name") or path.stem)
-        check_strategy(document, str(path))
+        check_strategy(document, str(path), stem=path.stem)
     except StrategyValidationError as exc:
         return name, exc.errors
     except StrategyError as exc:

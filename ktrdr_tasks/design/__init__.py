@@ -91,7 +91,11 @@ def _design_builtin(
 ) -> DesignResult:
     seed = secrets.randbits(63) if seed is None else seed
     stream = builtin.candidates(
-        seed, datasets, settings.training_start_date, settings.training_end_date
+        seed,
+        datasets,
+        settings.training_start_date,
+        settings.training_end_date,
+        settings.strategy_format,
     )
     for _, candidate in zip(range(MAX_CANDIDATES), stream, strict=False):
         if candidate.fingerprint in avoid:

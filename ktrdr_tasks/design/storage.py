@@ -23,6 +23,7 @@ import yaml
 
 from ktrdr_tasks.catalogue import find_indicator, resolve_params
 from ktrdr_tasks.errors import StrategyError
+from ktrdr_tasks.strategy_v3 import essence_view
 
 
 class StrategyExistsError(StrategyError):
@@ -125,6 +126,7 @@ def _file_fingerprint(path: Path) -> str | None:
 
 def _essence(config: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a strategy that change what is trained, in a canonical shape."""
+    config = essence_view(config)  # a v3 document in v2's shape; v2 unchanged
     fuzzy = _mapping(config.get("fuzzy_sets"))
     indicators = []
     for item in config.get("indicators") or []:
