@@ -203,6 +203,14 @@ class StrategyConfigV3(_Open):
         return self.training_data.timeframes.names
 
     @property
+    def start_date(self) -> str | None:
+        return self.training_data.start
+
+    @property
+    def end_date(self) -> str | None:
+        return self.training_data.end
+
+    @property
     def model_section(self) -> ModelV3:
         return ModelV3.model_validate(self.model)
 

@@ -271,6 +271,7 @@ def test_every_example_strategy_trains_to_completion(host: Host, name: str) -> N
     assert info["status"] == "completed", info["error_message"]
     test = info["result_summary"]["test_metrics"]
     print(f"{name}: test_accuracy={test['test_accuracy']:.3f} test_loss={test['test_loss']:.3f}")
+    v3_files = {"metadata_v3.json"} if config.format == "v3" else set()
     assert {path.name for path in Path(info["result_summary"]["model_path"]).iterdir()} == (
-        MODEL_FILES
+        MODEL_FILES | v3_files
     )

@@ -69,14 +69,14 @@ def load_job(body: TrainingStartRequest, strategies_dir: Path) -> TrainingJob:
     path = strategy_file(body.strategy_name, strategies_dir)
     try:
         document = load_strategy_file(path)
-        config = check_strategy(document, source=path.name)
+        config = check_strategy(document, source=path.name, stem=path.stem)
     except StrategyValidationError as exc:
         fields = [{"field": e.field, "message": e.message} for e in exc.errors]
         raise _invalid(
             body.strategy_name,
             path,
             [str(e) for e in exc.errors],
-            "STRATEGY-ValidationFailed",
+            getattr(exc, "error_code", "STRATEGY-ValidationFailed"),  # v3: ktrdr's own codes
             fields,
         ) from exc
     except StrategyError as exc:
@@ -122,7 +122,7 @@ def start_training(body: TrainingStartRequest, request: Request) -> TrainingStar
         "start_date": job.start_date,
         "end_date": job.end_date,
         "task_id": body.task_id,
-        "parameters": {"epochs": job.config.model.training.epochs},
+        "parameters": {"epochs": job.config.epochs},
     }
     operation, created = state.registry.create(metadata, task_id=body.task_id)
     if not created:
