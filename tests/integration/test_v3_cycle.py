@@ -7,7 +7,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
 from ktrdr_tasks import workflow
 from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
@@ -77,3 +79,24 @@ def test_the_multi_timeframe_v3_example_completes(v3_stack: dict[str, str]) -> N
     assert meta["training_timeframes"] == ["1h", "4h"]
     assert len(meta["resolved_features"]) == 14
     assert model_dir.name.startswith("1h_v")
+
+
+def test_an_invalid_v3_strategy_is_400_with_ktrdrs_code_and_message(
+    v3_stack: dict[str, str], strategies_dir: Path
+) -> None:
+    document = load_strategy_file(strategies_dir / "eurusd_1h_4h_v3_multi.yaml")
+    document["name"] = "v3_bad_reference"
+    document["fuzzy_sets"]["rsi_momentum"]["indicator"] = "rsi_99"
+    (strategies_dir / "v3_bad_reference.yaml").write_text(yaml.safe_dump(document))
+    answer = httpx.post(
+        f"{v3_stack['KTRDR_API_URL']}/api/v1/trainings/start",
+        json={"strategy_name": "v3_bad_reference", "symbols": ["EURUSD"], "timeframes": ["1h"]},
+        timeout=10,
+    )
+    assert answer.status_code == 400
+    detail = answer.json()["detail"]
+    assert detail["error_code"] == "STRATEGY-V3ValidationFailed"
+    assert detail["details"]["errors"] == [
+        "fuzzy_sets.rsi_momentum.indicator: 'rsi_99' not found in indicators. "
+        "Available indicators: adx_14, macd_12_26_9, roc_10, rsi_14"
+    ]

@@ -468,3 +468,15 @@ def test_fingerprints_tell_v3_designs_apart_but_ignore_names() -> None:
     membership = next(v for k, v in first_set.items() if k != "indicator")
     membership["parameters"][-1] += 1
     assert design_fingerprint(changed) != design_fingerprint(config)
+
+
+def test_the_chains_loader_reads_v3_training_data() -> None:
+    from ktrdr_tasks.strategy import extract_training_params, load_strategy_config
+
+    params = extract_training_params(load_strategy_config("eurusd_1h_4h_v3_multi", STRATEGIES))
+    assert params == {
+        "symbols": ["EURUSD"],
+        "timeframes": ["1h", "4h"],
+        "start_date": "2017-05-01",
+        "end_date": "2018-02-01",
+    }
