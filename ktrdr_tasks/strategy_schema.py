@@ -331,8 +331,8 @@ def validate_strategy(
     """Validate as ktrdr's `StrategyValidator` does; raise listing every bad field.
 
     A v3 document goes to `strategy_v3.validate_v3` (which also holds `name` to the file
-    `stem` when given): one entry point for both formats, a `StrategyConfig` or a
-    `StrategyConfigV3` back.
+    `stem` when given; v2 ignores `stem`): one entry point for both formats, a
+    `StrategyConfig` or a `StrategyConfigV3` back.
     """
     from ktrdr_tasks import strategy_v3  # it builds on this module's shared sections
 

@@ -69,7 +69,7 @@ def load_job(body: TrainingStartRequest, strategies_dir: Path) -> TrainingJob:
     path = strategy_file(body.strategy_name, strategies_dir)
     try:
         document = load_strategy_file(path)
-        config = check_strategy(document, source=path.name, stem=path.stem)
+        config = check_strategy(document, source=path.name)
     except StrategyValidationError as exc:
         fields = [{"field": e.field, "message": e.message} for e in exc.errors]
         raise _invalid(
