@@ -249,7 +249,7 @@ def resolve_features(config: StrategyConfigV3, timeframes: Sequence[str]) -> lis
     """The inputs in ktrdr's order: nn_inputs order, then timeframes, then memberships."""
     features: list[ResolvedFeature] = []
     for entry in config.nn_inputs:
-        chosen = list(timeframes) if entry.timeframes == "all" else list(entry.timeframes)
+        chosen = _entry_timeframes(entry, timeframes)
         if entry.fuzzy_set is not None:
             fuzzy_set = config.fuzzy_sets[entry.fuzzy_set]
             indicator_id, output = split_reference(fuzzy_set.indicator)
@@ -274,6 +274,15 @@ def resolve_features(config: StrategyConfigV3, timeframes: Sequence[str]) -> lis
                     )
                 )
     return features
+
+
+def _entry_timeframes(entry: NNInputV3, trained: Sequence[str]) -> list[str]:
+    # `timeframes: 1h` (a string but not "all") means that one timeframe, not '1' and 'h'.
+    if entry.timeframes == "all":
+        return list(trained)
+    if isinstance(entry.timeframes, str):
+        return [entry.timeframes]
+    return list(entry.timeframes)
 
 
 # --- ktrdr's validator ---
@@ -330,10 +339,7 @@ def reference_errors(config: StrategyConfigV3) -> list[FieldError]:
             )
     available = config.timeframes
     for index, entry in enumerate(config.nn_inputs):
-        if entry.timeframes == "all":
-            continue
-        listed = [entry.timeframes] if isinstance(entry.timeframes, str) else entry.timeframes
-        for timeframe in listed:
+        for timeframe in _entry_timeframes(entry, available):
             if timeframe not in available:
                 errors.append(
                     FieldError(

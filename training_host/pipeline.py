@@ -106,11 +106,25 @@ class InputPlan:
     resolved: list[ResolvedFeature] | None = None  # v3: the order metadata_v3.json records
 
 
+def training_timeframes(job: TrainingJob) -> list[str]:
+    """The timeframes trained: the request's, but a v3 multi-timeframe strategy's own list.
+
+    As ktrdr's v3 worker does: it trains a multi-timeframe strategy on the strategy's list,
+    base timeframe first (so the model lands in `<base>_vN`), whatever the request says.
+    """
+    selection = job.config.training_data.timeframes
+    listed = list(job.timeframes)
+    if isinstance(job.config, StrategyConfigV3) and selection.mode == "multi_timeframe":
+        base = selection.base_timeframe or selection.names[0]
+        listed = [base, *(tf for tf in selection.names if tf != base)]
+    return [normalise_timeframe(tf) for tf in listed]
+
+
 def input_plan(job: TrainingJob) -> InputPlan:
     """The v2 or v3 recipe; TrainingFailed names anything this host cannot train."""
     config = job.config
     if isinstance(config, StrategyConfigV3):
-        return _v3_plan(config, [normalise_timeframe(tf) for tf in job.timeframes])
+        return _v3_plan(config, training_timeframes(job))
     features = strategy_features(config)
     lookback = config.model.features.lookback_periods
     split_cfg = config.data_split
@@ -216,7 +230,7 @@ def check_data(
 
 def build_dataset(job: TrainingJob, plan: InputPlan, data_dir: Path | None) -> Dataset:
     """Inputs, zigzag labels and the chronological split of every requested symbol."""
-    timeframes = [normalise_timeframe(tf) for tf in job.timeframes]
+    timeframes = training_timeframes(job)
     base = base_timeframe(timeframes)
     threshold = plan.zigzag_threshold
     frames = check_data(job.symbols, timeframes, job.start_date, job.end_date, data_dir)

@@ -480,3 +480,13 @@ def test_the_chains_loader_reads_v3_training_data() -> None:
         "start_date": "2017-05-01",
         "end_date": "2018-02-01",
     }
+
+
+def test_a_single_timeframe_string_is_one_timeframe() -> None:
+    document = example()
+    document["nn_inputs"][0]["timeframes"] = "1h"
+    config = check_strategy_v3(document)
+    assert [f.timeframe for f in resolve_features(config, ["1h"])] == ["1h", "1h", "1h"]
+    document["nn_inputs"][0]["timeframes"] = "4h"
+    with pytest.raises(V3ValidationError, match="Invalid timeframe '4h'"):
+        validate_v3(document)

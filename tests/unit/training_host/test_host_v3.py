@@ -25,7 +25,7 @@ from training_host.features import build_inputs_v3, fraction_split, v3_features
 from training_host.jobs import JobContext
 from training_host.market_data import resample_bars
 from training_host.operations import OperationRegistry
-from training_host.pipeline import TrainingJob, input_plan, run_training
+from training_host.pipeline import TrainingJob, input_plan, run_training, training_timeframes
 
 STRATEGIES = Path(__file__).resolve().parents[3] / "strategies"
 V2_EXAMPLES = sorted(p for p in STRATEGIES.glob("*.yaml") if not is_v3(load_strategy_file(p)))
@@ -173,3 +173,15 @@ def test_an_indicator_the_host_cannot_compute_fails_with_the_reason() -> None:
     config = check_strategy(document)
     with pytest.raises(TrainingFailed, match="cannot be trained by the reference host"):
         v3_features(config, ["1h", "4h"])
+
+
+def test_a_multi_timeframe_strategy_trains_its_own_list_base_first(tmp_path: Path) -> None:
+    document = yaml.safe_load(HYBRID)
+    document["training_data"]["timeframes"] = {
+        "mode": "multi_timeframe",
+        "list": ["4h", "1h"],
+        "base_timeframe": "1h",
+    }
+    config = check_strategy(document)
+    job = TrainingJob("hybrid", tmp_path, document, config, ("EURUSD",), ("4h",), None, None)
+    assert training_timeframes(job) == ["1h", "4h"]
