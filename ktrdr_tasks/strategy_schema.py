@@ -8,8 +8,6 @@ labels, trainable indicators). `check_strategy` runs both: the designer calls it
 saving, `ktrdr strategy validate` calls it, and the reference training host calls it before
 training. Extra keys (`orchestrator`, `hypothesis`, ...) are allowed everywhere, so a file a
 ktrdr backend accepts is never refused here. No I/O except `load_strategy_file`.
-`validate_strategy` and `check_strategy` hand a v3 document to `strategy_v3`, so every caller
-checks either format through them.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import itertools
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -35,9 +33,6 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from ktrdr_tasks.catalogue import IndicatorSpec, find_indicator, param_errors, resolve_params
 from ktrdr_tasks.errors import FieldError, StrategyError, StrategyValidationError
-
-if TYPE_CHECKING:
-    from ktrdr_tasks.strategy_v3 import StrategyConfigV3
 
 STRATEGY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
 FEATURE_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
@@ -325,19 +320,8 @@ REQUIRED_TOP_LEVEL = (
 )
 
 
-def validate_strategy(
-    document: Mapping[str, Any], source: str = "strategy", stem: str | None = None
-) -> StrategyConfig | StrategyConfigV3:
-    """Validate as ktrdr's `StrategyValidator` does; raise listing every bad field.
-
-    A v3 document goes to `strategy_v3.validate_v3` (which also holds `name` to the file
-    `stem` when given; v2 ignores `stem`): one entry point for both formats, a
-    `StrategyConfig` or a `StrategyConfigV3` back.
-    """
-    from ktrdr_tasks import strategy_v3  # it builds on this module's shared sections
-
-    if strategy_v3.is_v3(document):
-        return strategy_v3.validate_v3(document, source, stem)
+def validate_strategy(document: Mapping[str, Any], source: str = "strategy") -> StrategyConfig:
+    """Validate as ktrdr's `StrategyValidator` does; raise listing every bad field."""
     if not isinstance(document, Mapping):
         raise StrategyValidationError(
             [FieldError("", f"a strategy is a YAML mapping, got {type(document).__name__}")],
@@ -379,16 +363,9 @@ def trainability_errors(config: StrategyConfig) -> list[FieldError]:
     return errors
 
 
-def check_strategy(
-    document: Mapping[str, Any], source: str = "strategy", stem: str | None = None
-) -> StrategyConfig | StrategyConfigV3:
+def check_strategy(document: Mapping[str, Any], source: str = "strategy") -> StrategyConfig:
     """Validator and trainer rules together: what must hold for the strategy to train."""
-    from ktrdr_tasks import strategy_v3
-
-    if strategy_v3.is_v3(document):
-        return strategy_v3.check_strategy_v3(document, source, stem)
     config = validate_strategy(document, source)
-    assert isinstance(config, StrategyConfig)
     errors = trainability_errors(config)
     if errors:
         raise StrategyValidationError(errors, source)

@@ -9,7 +9,9 @@ on (`name` equals the file stem). `trainability_errors_v3` adds what ktrdr only 
 200 on start (unknown indicator type, bad membership functions, an MLP without hidden layers).
 `convert_v2_to_v3` migrates a v2 document without losing what ktrdr trained from it, and
 `resolve_features` is the one feature order (nn_inputs x timeframes x memberships) that the
-training host and its model metadata share. Pure: no I/O beyond turning a document into text.
+training host and its model metadata share. `check_any_strategy` / `validate_any_strategy`
+take either format (v2 goes to `strategy_schema`): what the designers, `ktrdr strategy
+validate` and the training host call. Pure: no I/O beyond turning a document into text.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from ktrdr_tasks.catalogue import (
     is_v3_type,
 )
 from ktrdr_tasks.errors import FieldError, StrategyError, StrategyValidationError
-from ktrdr_tasks.strategy_schema import STRATEGY_NAME, DeploymentConfig, TrainingDataConfig
+from ktrdr_tasks.strategy_schema import (
+    STRATEGY_NAME,
+    DeploymentConfig,
+    StrategyConfig,
+    TrainingDataConfig,
+    check_strategy,
+    validate_strategy,
+)
 
 V3_VERSION = "3.0"
 # The sections `StrategyConfigurationV3` requires (a missing one: 400 STRATEGY-V3ParseFailed).
@@ -458,6 +467,30 @@ def _parse_error(detail: Any) -> FieldError:
     return FieldError(field, str(detail["msg"]))
 
 
+# --- either format ---
+
+
+def validate_any_strategy(
+    document: Mapping[str, Any], source: str = "strategy", stem: str | None = None
+) -> StrategyConfig | StrategyConfigV3:
+    """ktrdr's validator for the document's format: v3 here, v2 by `strategy_schema`.
+
+    `stem`, the file name without `.yaml`, is held to `name` for v3 (v2 ignores it).
+    """
+    if is_v3(document):
+        return validate_v3(document, source, stem)
+    return validate_strategy(document, source)
+
+
+def check_any_strategy(
+    document: Mapping[str, Any], source: str = "strategy", stem: str | None = None
+) -> StrategyConfig | StrategyConfigV3:
+    """Validator and trainer rules of the document's format: what must hold to train it."""
+    if is_v3(document):
+        return check_strategy_v3(document, source, stem)
+    return check_strategy(document, source)
+
+
 # --- ktrdr's trainer rules (refused only after a 200 on start) ---
 
 
@@ -802,6 +835,7 @@ __all__ = [
     "StrategyConfigV3",
     "V3ParseError",
     "V3ValidationError",
+    "check_any_strategy",
     "check_strategy_v3",
     "convert_v2_to_v3",
     "essence_view",
@@ -810,5 +844,6 @@ __all__ = [
     "resolve_features",
     "strategy_text",
     "trainability_errors_v3",
+    "validate_any_strategy",
     "validate_v3",
 ]

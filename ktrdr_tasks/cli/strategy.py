@@ -3,7 +3,7 @@
 `design` runs the same designer the chain's `design` task runs, with the cycle history from
 Redis when Redis answers (without it, only the files on disk keep it from repeating a design),
 and saves the file. `validate` applies the validator
-and the trainer's rules (`check_strategy`) to a path or to a name in the strategies directory,
+and the trainer's rules (`check_any_strategy`) to a path or to a name in the strategies directory,
 and exits 2 with one line per bad field when the file would not train; it reads v2 and v3.
 `convert NAME --to v3` migrates a v2 file for today's ktrdr (`strategy_v3.migrate_file`).
 """
@@ -21,7 +21,8 @@ import click
 from ktrdr_tasks.design import design_strategy
 from ktrdr_tasks.errors import FieldError, StrategyError, StrategyValidationError
 from ktrdr_tasks.settings import get_settings
-from ktrdr_tasks.strategy_schema import STRATEGY_NAME, check_strategy, load_strategy_file
+from ktrdr_tasks.strategy_schema import STRATEGY_NAME, load_strategy_file
+from ktrdr_tasks.strategy_v3 import check_any_strategy
 
 EXIT_INVALID = 2
 
@@ -158,7 +159,7 @@ def _check(name_or_path: str, strategies_dir: Path) -> tuple[str, list[FieldErro
         path = resolve_strategy_path(name_or_path, strategies_dir)
         document = load_strategy_file(path)
         name = str(document.get("name") or path.stem)
-        check_strategy(document, str(path), stem=path.stem)
+        check_any_strategy(document, str(path), stem=path.stem)
     except StrategyValidationError as exc:
         return name, exc.errors
     except StrategyError as exc:

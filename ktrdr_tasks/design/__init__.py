@@ -4,7 +4,7 @@
 picks the designer from the settings (the built-in composer, or an LLM through the Anthropic
 Messages API), keeps away from every design already tried (fingerprints in the cycle history
 and in the strategies directory), validates the result with the trainer's rules
-(`check_strategy`) and saves it without ever overwriting a file.
+(`check_any_strategy`) and saves it without ever overwriting a file.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ktrdr_tasks.design.storage import (
 )
 from ktrdr_tasks.errors import DesignError
 from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.strategy_schema import check_strategy
+from ktrdr_tasks.strategy_v3 import check_any_strategy
 
 __all__ = [
     "DesignResult",
@@ -105,7 +105,7 @@ def _design_builtin(
             continue
         progress(10, f"Choosing indicators: {', '.join(candidate.indicators)}")
         progress(20, "Validating")
-        check_strategy(candidate.config, f"designed strategy '{name}'")
+        check_any_strategy(candidate.config, f"designed strategy '{name}'")
         try:
             path = save_strategy(settings.strategies_dir, candidate.config)
         except StrategyExistsError:

@@ -5,7 +5,7 @@ in the format `KTRDR_STRATEGY_FORMAT` asks for (a summary of `ktrdr-strategy-for
 or of the v2 `ktrdr-strategy-format.md`), the indicator catalogue with each output's typical
 spread on the datasets the backend has, and the recent history, so the model proposes something
 new that can train. Its answer is the input of the `save_strategy` tool (the strategy as one
-object); `check_strategy` judges it. An invalid answer gets exactly one correction turn (a
+object); `check_any_strategy` judges it. An invalid answer gets exactly one correction turn (a
 `tool_result` with `is_error` listing the field errors); a second failure is a DesignError
 naming the fields. The API key is sent as a header and never appears in a message or log.
 """
@@ -30,8 +30,8 @@ from ktrdr_tasks.design.storage import (
 )
 from ktrdr_tasks.errors import DesignError, FieldError, StrategyValidationError
 from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.strategy_schema import REQUIRED_TOP_LEVEL, STRATEGY_NAME, check_strategy
-from ktrdr_tasks.strategy_v3 import REQUIRED_V3, V3_VERSION, is_v3
+from ktrdr_tasks.strategy_schema import REQUIRED_TOP_LEVEL, STRATEGY_NAME
+from ktrdr_tasks.strategy_v3 import REQUIRED_V3, V3_VERSION, check_any_strategy, is_v3
 
 ANTHROPIC_VERSION = "2023-06-01"
 TOOL_NAME = "save_strategy"
@@ -280,7 +280,7 @@ def _attempt(
     if wrong_format is not None:
         return None, [wrong_format], reply
     try:
-        check_strategy(config, f"LLM design '{config['name']}'", stem=config["name"])
+        check_any_strategy(config, f"LLM design '{config['name']}'", stem=config["name"])
     except StrategyValidationError as exc:
         return None, exc.errors, reply
     return config, [], reply

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from ktrdr_tasks import workflow
-from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
-from ktrdr_tasks.strategy_v3 import StrategyConfigV3, is_v3, resolve_features
+from ktrdr_tasks.strategy_schema import load_strategy_file
+from ktrdr_tasks.strategy_v3 import StrategyConfigV3, check_any_strategy, is_v3, resolve_features
 from tests.integration.conftest import wait_for
 from tests.support.processes import free_port, start_training_host, start_worker
 
@@ -50,7 +50,7 @@ def test_a_designed_v3_cycle_trains_on_the_reference_host_and_is_judged(
     path = strategies_dir / f"{name}.yaml"
     document = load_strategy_file(path)
     assert is_v3(document)
-    config = check_strategy(document, stem=name)
+    config = check_any_strategy(document, stem=name)
     assert isinstance(config, StrategyConfigV3)
 
     model_dir = _model_dir(record, Path(v3_stack["KTRDR_MODELS_DIR"]))

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from ktrdr_tasks.cli.strategy import strategy
 from ktrdr_tasks.settings import get_settings
-from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
-from ktrdr_tasks.strategy_v3 import StrategyConfigV3, is_v3
+from ktrdr_tasks.strategy_schema import load_strategy_file
+from ktrdr_tasks.strategy_v3 import StrategyConfigV3, check_any_strategy, is_v3
 
 STRATEGIES = Path(__file__).resolve().parents[2] / "strategies"
 NAME = "eurusd_1h_stoch_cci_roc"
@@ -41,7 +41,7 @@ def test_convert_migrates_in_place_and_keeps_the_v2_original(strategies_dir: Pat
     path = strategies_dir / f"{NAME}.yaml"
     document = load_strategy_file(path)
     assert is_v3(document)
-    assert isinstance(check_strategy(document, stem=NAME), StrategyConfigV3)
+    assert isinstance(check_any_strategy(document, stem=NAME), StrategyConfigV3)
     assert (strategies_dir / f"{NAME}.yaml.v2").read_text() == original
     assert "lookback_periods 2 dropped" in result.stderr
     assert f"{path} is v3 now" in result.stdout

@@ -19,8 +19,8 @@ from ktrdr_tasks.design import design_strategy
 from ktrdr_tasks.design.llm import build_prompt, tool_definition
 from ktrdr_tasks.errors import DesignError
 from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
-from ktrdr_tasks.strategy_v3 import REQUIRED_V3, StrategyConfigV3, is_v3
+from ktrdr_tasks.strategy_schema import load_strategy_file
+from ktrdr_tasks.strategy_v3 import REQUIRED_V3, StrategyConfigV3, check_any_strategy, is_v3
 
 STRATEGIES = Path(__file__).resolve().parents[2] / "strategies"
 API_KEY = "sk-test-secret-key-123"
@@ -120,7 +120,7 @@ def test_a_valid_tool_call_is_validated_and_saved(tmp_path, api):
     result = design_strategy(settings(tmp_path, url), [{"strategy_name": "old"}])
     assert result.designer == "anthropic"
     assert result.path == tmp_path / "strategies" / "llm_stoch_cci_roc.yaml"
-    assert check_strategy(load_strategy_file(result.path)).name == "llm_stoch_cci_roc"
+    assert check_any_strategy(load_strategy_file(result.path)).name == "llm_stoch_cci_roc"
     assert result.hypothesis == good_strategy()["description"]
     (request,) = fake.requests
     assert request["tool_choice"] == {"type": "tool", "name": "save_strategy"}
@@ -223,7 +223,7 @@ def test_a_v3_design_is_asked_for_validated_and_saved(tmp_path, api):
     result = design_strategy(settings(tmp_path, url, strategy_format="v3"), [])
     document = load_strategy_file(result.path)
     assert is_v3(document)
-    assert isinstance(check_strategy(document, stem=result.path.stem), StrategyConfigV3)
+    assert isinstance(check_any_strategy(document, stem=result.path.stem), StrategyConfigV3)
     (request,) = fake.requests
     schema = request["tools"][0]["input_schema"]
     assert set(REQUIRED_V3) <= set(schema["required"])

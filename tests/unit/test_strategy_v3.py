@@ -17,11 +17,12 @@ from ktrdr_tasks.design import design_fingerprint, design_strategy, summarize_de
 from ktrdr_tasks.design.builtin import compose
 from ktrdr_tasks.errors import StrategyError, StrategyValidationError
 from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.strategy_schema import StrategyConfig, check_strategy, load_strategy_file
+from ktrdr_tasks.strategy_schema import StrategyConfig, load_strategy_file
 from ktrdr_tasks.strategy_v3 import (
     StrategyConfigV3,
     V3ParseError,
     V3ValidationError,
+    check_any_strategy,
     check_strategy_v3,
     convert_v2_to_v3,
     is_v3,
@@ -148,7 +149,7 @@ def example(text: str = HOLDOUT_V3_RSI) -> dict[str, Any]:
 def test_the_spec_examples_are_valid_and_trainable_v3(text: str) -> None:
     document = example(text)
     assert is_v3(document)
-    config = check_strategy(document, "example", stem=document["name"])
+    config = check_any_strategy(document, "example", stem=document["name"])
     assert isinstance(config, StrategyConfigV3)
     assert config.symbols == ["EURUSD"] and config.timeframes == ["1h"]
 
@@ -281,7 +282,7 @@ def test_each_listed_mistake_is_refused_with_ktrdrs_message(mistake: str) -> Non
     document = example()
     change(document)
     with pytest.raises(kind) as caught:
-        check_strategy(document, f"holdout_{mistake}")
+        check_any_strategy(document, f"holdout_{mistake}")
     assert any(message in str(error) for error in caught.value.errors), caught.value.errors
 
 
@@ -314,7 +315,7 @@ def test_a_v2_file_is_no_v3_file_for_todays_ktrdr() -> None:
     assert "indicators: Input should be a valid dictionary" in messages
     assert "nn_inputs: Field required" in messages
     # ...while the same file is a valid v2 strategy for a December 2025 backend.
-    assert isinstance(check_strategy(document), StrategyConfig)
+    assert isinstance(check_any_strategy(document), StrategyConfig)
 
 
 def test_what_ktrdr_accepts_and_trains_anyway_is_accepted() -> None:
@@ -335,11 +336,11 @@ def test_what_ktrdr_accepts_and_trains_anyway_is_accepted() -> None:
 
 def test_name_must_equal_the_file_stem_and_follow_the_name_rule() -> None:
     with pytest.raises(V3ValidationError, match="must equal the file name 'other'"):
-        check_strategy(example(), "other.yaml", stem="other")
+        check_any_strategy(example(), "other.yaml", stem="other")
     document = example()
     document["name"] = "has.dot"
     with pytest.raises(V3ValidationError, match="may only contain alphanumerics"):
-        check_strategy(document)
+        check_any_strategy(document)
 
 
 def test_version_must_be_a_string_as_pydantic_says() -> None:
@@ -357,9 +358,9 @@ def test_every_v2_example_converts_to_a_valid_v3_file(path: Path) -> None:
     assert notes == conversion.notes
     document = yaml.safe_load(text)
     assert document == conversion.document
-    config = check_strategy(document, path.name, stem=path.stem)
+    config = check_any_strategy(document, path.name, stem=path.stem)
     assert isinstance(config, StrategyConfigV3) and config.version == "3.0"
-    v2_config = check_strategy(v2)
+    v2_config = check_any_strategy(v2)
     assert config.epochs == v2_config.model.training.epochs  # moved to where v3 reads it
     assert config.symbols == v2_config.symbols and config.timeframes == v2_config.timeframes
     assert (config.start_date, config.end_date) == (v2_config.start_date, v2_config.end_date)
@@ -412,7 +413,7 @@ def test_a_hundred_designs_per_format_validate(strategy_format: str) -> None:
     for seed in range(100):
         rng = random.Random(seed)
         candidate = compose(rng, list(REFERENCE_DATASETS), None, None, strategy_format)
-        config = check_strategy(candidate.config, "design", stem=candidate.config["name"])
+        config = check_any_strategy(candidate.config, "design", stem=candidate.config["name"])
         assert config.format == strategy_format
         valid += 1
     assert valid == 100
@@ -435,7 +436,7 @@ def test_the_designer_writes_v3_by_default(tmp_path: Path) -> None:
     document = load_strategy_file(result.path)
     assert is_v3(document) and document == result.config
     assert "version: '3.0'" in result.path.read_text()
-    assert isinstance(check_strategy(document, stem=result.path.stem), StrategyConfigV3)
+    assert isinstance(check_any_strategy(document, stem=result.path.stem), StrategyConfigV3)
     summary = summarize_design(document)
     assert summary["fingerprint"] == result.fingerprint
     assert summary["indicators"] and summary["symbols"] and summary["timeframes"]
@@ -450,7 +451,9 @@ def test_v2_format_setting_keeps_v2_designs(
     monkeypatch.setenv("KTRDR_STRATEGY_FORMAT", "v2")
     settings = Settings(strategies_dir=tmp_path)  # type: ignore[call-arg]
     result = design_strategy(settings, [], seed=4)
-    assert not is_v3(result.config) and isinstance(check_strategy(result.config), StrategyConfig)
+    assert not is_v3(result.config) and isinstance(
+        check_any_strategy(result.config), StrategyConfig
+    )
 
 
 def test_an_unknown_format_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

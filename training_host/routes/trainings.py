@@ -15,7 +15,8 @@ from fastapi import APIRouter, HTTPException, Request
 
 from ktrdr_tasks.errors import StrategyError, StrategyValidationError
 from ktrdr_tasks.strategy import strategy_path, validate_strategy_name
-from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
+from ktrdr_tasks.strategy_schema import load_strategy_file
+from ktrdr_tasks.strategy_v3 import check_any_strategy
 from training_host.errors import NoDataError
 from training_host.market_data import normalise_timeframe
 from training_host.pipeline import TrainingJob, check_data, run_training
@@ -69,7 +70,7 @@ def load_job(body: TrainingStartRequest, strategies_dir: Path) -> TrainingJob:
     path = strategy_file(body.strategy_name, strategies_dir)
     try:
         document = load_strategy_file(path)
-        config = check_strategy(document, source=path.name)
+        config = check_any_strategy(document, source=path.name)
     except StrategyValidationError as exc:
         fields = [{"field": e.field, "message": e.message} for e in exc.errors]
         raise _invalid(

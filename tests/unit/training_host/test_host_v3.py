@@ -17,8 +17,8 @@ from ktrdr_tasks.catalogue import INDICATORS as CATALOGUE
 from ktrdr_tasks.catalogue import resolve_params
 from ktrdr_tasks.datasets import REFERENCE_DATASETS
 from ktrdr_tasks.design.builtin import compose
-from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
-from ktrdr_tasks.strategy_v3 import convert_v2_to_v3, is_v3, resolve_features
+from ktrdr_tasks.strategy_schema import load_strategy_file
+from ktrdr_tasks.strategy_v3 import check_any_strategy, convert_v2_to_v3, is_v3, resolve_features
 from training_host import indicators
 from training_host.errors import TrainingFailed
 from training_host.features import build_inputs_v3, fraction_split, v3_features
@@ -59,7 +59,7 @@ training: {epochs: 1, labels: {source: zigzag, zigzag_threshold: 0.005}}
 def train(document: dict[str, Any], models_dir: Path, epochs: int = 2) -> dict[str, Any]:
     """One job through the pipeline, as the start route submits it, on a short window."""
     document = {**document, "training": {**document["training"], "epochs": epochs}}
-    config = check_strategy(document, "test", stem=document["name"])
+    config = check_any_strategy(document, "test", stem=document["name"])
     symbols = tuple(config.symbols)
     start, end = SHORT[symbols[0]]
     registry = OperationRegistry()
@@ -81,7 +81,7 @@ def test_every_converted_example_trains_and_writes_ktrdrs_v3_metadata(
     assert model_dir.parent.name == path.stem
     meta = json.loads((model_dir / "metadata_v3.json").read_text())
     features = json.loads((model_dir / "features.json").read_text())["feature_names"]
-    config = check_strategy(document)
+    config = check_any_strategy(document)
     expected = [f.feature_id for f in resolve_features(config, config.timeframes)]
     assert meta["resolved_features"] == features == expected
     assert result["model_info"]["input_size"] == len(expected)
@@ -114,7 +114,7 @@ def test_two_v3_designs_train_on_the_host(tmp_path: Path) -> None:
 
 def test_raw_inputs_dot_outputs_and_a_coarser_timeframe(eurusd: pd.DataFrame) -> None:
     document = yaml.safe_load(HYBRID)
-    config = check_strategy(document, stem="hybrid")
+    config = check_any_strategy(document, stem="hybrid")
     bars = {"1h": eurusd.iloc[:1200], "4h": resample_bars(eurusd.iloc[:1200], "4h")}
     resolved = v3_features(config, ["1h", "4h"])
     inputs = build_inputs_v3(bars, config, resolved)
@@ -159,7 +159,7 @@ def test_what_only_a_ktrdr_backend_trains_fails_with_the_reason(tmp_path: Path) 
     document = yaml.safe_load(HYBRID)
     document["training"]["labels"] = {"source": "triple_barrier"}
     document["model"]["type"] = "lstm"
-    config = check_strategy(document)
+    config = check_any_strategy(document)
     job = TrainingJob("hybrid", tmp_path, document, config, ("EURUSD",), ("1h", "4h"), None, None)
     with pytest.raises(
         TrainingFailed, match=r"labels\.source is triple_barrier; model\.type is lstm"
@@ -170,7 +170,7 @@ def test_what_only_a_ktrdr_backend_trains_fails_with_the_reason(tmp_path: Path) 
 def test_an_indicator_the_host_cannot_compute_fails_with_the_reason() -> None:
     document = yaml.safe_load(HYBRID)
     document["indicators"]["roc_10"] = {"type": "keltnerchannels"}
-    config = check_strategy(document)
+    config = check_any_strategy(document)
     with pytest.raises(TrainingFailed, match="cannot be trained by the reference host"):
         v3_features(config, ["1h", "4h"])
 
@@ -182,6 +182,6 @@ def test_a_multi_timeframe_strategy_trains_its_own_list_base_first(tmp_path: Pat
         "list": ["4h", "1h"],
         "base_timeframe": "1h",
     }
-    config = check_strategy(document)
+    config = check_any_strategy(document)
     job = TrainingJob("hybrid", tmp_path, document, config, ("EURUSD",), ("4h",), None, None)
     assert training_timeframes(job) == ["1h", "4h"]
