@@ -22,12 +22,8 @@ from typing import Any
 import yaml
 
 from ktrdr_tasks.catalogue import find_indicator, resolve_params
-from ktrdr_tasks.errors import StrategyError
+from ktrdr_tasks.errors import StrategyError, StrategyExistsError
 from ktrdr_tasks.strategy_v3 import essence_view
-
-
-class StrategyExistsError(StrategyError):
-    """A strategy file with this name already exists; designs never overwrite one."""
 
 
 def save_strategy(strategies_dir: Path, config: Mapping[str, Any]) -> Path:
