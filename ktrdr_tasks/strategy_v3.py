@@ -32,7 +32,13 @@ from ktrdr_tasks.catalogue import (
     find_v3_indicator,
     is_v3_type,
 )
-from ktrdr_tasks.errors import FieldError, StrategyError, StrategyValidationError
+from ktrdr_tasks.errors import (
+    FieldError,
+    StrategyError,
+    StrategyValidationError,
+    V3ParseError,
+    V3ValidationError,
+)
 from ktrdr_tasks.strategy_schema import (
     STRATEGY_NAME,
     DeploymentConfig,
@@ -59,18 +65,6 @@ MODEL_TYPES = ("mlp", "lstm", "gru")
 # ktrdr's membership registry: the three shapes and their `<name>mf` aliases.
 MF_PARAMS = {"triangular": 3, "trapezoidal": 4, "gaussian": 2}
 MF_CLASS = {"triangular": "TriangularMF", "trapezoidal": "TrapezoidalMF", "gaussian": "GaussianMF"}
-
-
-class V3ParseError(StrategyValidationError):
-    """The document does not parse as ktrdr's `StrategyConfigurationV3` (a missing section)."""
-
-    error_code = "STRATEGY-V3ParseFailed"
-
-
-class V3ValidationError(StrategyValidationError):
-    """It parses, but ktrdr's v3 validator refuses it (a reference that does not resolve)."""
-
-    error_code = "STRATEGY-V3ValidationFailed"
 
 
 def is_v3(document: object) -> bool:
@@ -833,8 +827,6 @@ __all__ = [
     "Conversion",
     "ResolvedFeature",
     "StrategyConfigV3",
-    "V3ParseError",
-    "V3ValidationError",
     "check_any_strategy",
     "check_strategy_v3",
     "convert_v2_to_v3",

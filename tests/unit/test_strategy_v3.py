@@ -15,13 +15,16 @@ import yaml
 from ktrdr_tasks.datasets import REFERENCE_DATASETS
 from ktrdr_tasks.design import design_fingerprint, design_strategy, summarize_design
 from ktrdr_tasks.design.builtin import compose
-from ktrdr_tasks.errors import StrategyError, StrategyValidationError
+from ktrdr_tasks.errors import (
+    StrategyError,
+    StrategyValidationError,
+    V3ParseError,
+    V3ValidationError,
+)
 from ktrdr_tasks.settings import Settings
 from ktrdr_tasks.strategy_schema import StrategyConfig, load_strategy_file
 from ktrdr_tasks.strategy_v3 import (
     StrategyConfigV3,
-    V3ParseError,
-    V3ValidationError,
     check_any_strategy,
     check_strategy_v3,
     convert_v2_to_v3,

@@ -77,7 +77,7 @@ def load_job(body: TrainingStartRequest, strategies_dir: Path) -> TrainingJob:
             body.strategy_name,
             path,
             [str(e) for e in exc.errors],
-            getattr(exc, "error_code", "STRATEGY-ValidationFailed"),  # v3: ktrdr's own codes
+            exc.error_code,  # v3 has its own codes on ktrdr
             fields,
         ) from exc
     except StrategyError as exc:
