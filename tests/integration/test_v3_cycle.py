@@ -70,6 +70,19 @@ def test_a_designed_v3_cycle_trains_on_the_reference_host_and_is_judged(
     )
 
 
+def test_a_designed_v3_cycle_completes_when_the_gate_is_bypassed(
+    v3_stack: dict[str, str], strategies_dir: Path
+) -> None:
+    record = wait_for(
+        workflow.trigger(bypass_gates=True).operation_id, {"completed", "failed"}, timeout=240
+    )
+    assert record["status"] == "completed", record["error_message"]
+    assert record["metadata"]["gate"]["outcome"] == "bypassed"
+    assert is_v3(load_strategy_file(strategies_dir / f"{record['metadata']['strategy_name']}.yaml"))
+    model_dir = _model_dir(record, Path(v3_stack["KTRDR_MODELS_DIR"]))
+    assert (model_dir / "metadata_v3.json").is_file()
+
+
 def test_the_multi_timeframe_v3_example_completes(v3_stack: dict[str, str]) -> None:
     op_id = workflow.trigger(strategy="eurusd_1h_4h_v3_multi", bypass_gates=True).operation_id
     record = wait_for(op_id, {"completed", "failed"}, timeout=240)
