@@ -142,6 +142,47 @@ training:
 """
 
 
+# The snippets of the spec's sections 2.1 and 3-5 put together (plus the adx_14 and roc_10
+# indicators that its fuzzy_sets and nn_inputs snippets refer to).
+SPEC_SNIPPETS = """
+name: spec_snippets
+training_data:
+  symbols:    {mode: multi_symbol, list: [EURUSD, GBPUSD]}
+  timeframes: {mode: multi_timeframe, list: [1h, 4h], base_timeframe: 1h}
+  history_required: 100
+  start_date: null
+  end_date: null
+indicators:
+  rsi_14:       {type: rsi, period: 14, source: close}
+  macd_12_26_9: {type: macd, fast_period: 12, slow_period: 26, signal_period: 9}
+  bb_20:        {type: bbands, period: 20, multiplier: 2.0}
+  adx_14:       {type: adx, period: 14}
+  roc_10:       {type: roc, period: 10}
+fuzzy_sets:
+  rsi_14:
+    indicator: rsi_14
+    oversold:   {type: triangular, parameters: [0, 20, 40]}
+    neutral:    [30, 50, 70]
+    overbought: [60, 80, 100]
+  macd_hist:
+    indicator: macd_12_26_9.histogram
+    negative: {type: trapezoidal, parameters: [-0.01, -0.005, -0.0005, 0.0]}
+    positive: {type: trapezoidal, parameters: [0.0, 0.0005, 0.005, 0.01]}
+  trend_strength:
+    indicator: adx_14.adx
+    weak:   {type: gaussian, parameters: [15, 7]}
+nn_inputs:
+  - fuzzy_set: rsi_14
+    timeframes: all
+  - raw_indicator: roc_10
+    timeframes: all
+    normalization: zscore
+model: {type: mlp, architecture: {hidden_layers: [16]}}
+decisions: {output_format: classification}
+training: {epochs: 5}
+"""
+
+
 def example(text: str = HOLDOUT_V3_RSI) -> dict[str, Any]:
     return yaml.safe_load(text)
 
@@ -155,6 +196,20 @@ def test_the_spec_examples_are_valid_and_trainable_v3(text: str) -> None:
     config = check_any_strategy(document, "example", stem=document["name"])
     assert isinstance(config, StrategyConfigV3)
     assert config.symbols == ["EURUSD"] and config.timeframes == ["1h"]
+
+
+def test_the_spec_snippets_together_are_valid_v3() -> None:
+    config = check_any_strategy(example(SPEC_SNIPPETS), stem="spec_snippets")
+    assert isinstance(config, StrategyConfigV3)
+    assert config.symbols == ["EURUSD", "GBPUSD"] and config.timeframes == ["1h", "4h"]
+    assert (config.start_date, config.end_date) == (None, None)
+    names = [f.feature_id for f in resolve_features(config, config.timeframes)]
+    assert names == [
+        *(f"1h_rsi_14_{m}" for m in ("oversold", "neutral", "overbought")),
+        *(f"4h_rsi_14_{m}" for m in ("oversold", "neutral", "overbought")),
+        "1h_roc_10_raw",
+        "4h_roc_10_raw",
+    ]
 
 
 def test_feature_order_is_nn_inputs_then_timeframes_then_memberships() -> None:
