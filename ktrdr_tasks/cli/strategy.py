@@ -5,7 +5,7 @@ Redis when Redis answers (without it, only the files on disk keep it from repeat
 and saves the file. `validate` applies the validator
 and the trainer's rules (`check_any_strategy`) to a path or to a name in the strategies directory,
 and exits 2 with one line per bad field when the file would not train; it reads v2 and v3.
-`convert NAME --to v3` migrates a v2 file for today's ktrdr (`strategy_v3.migrate_file`).
+`convert NAME --to v3` migrates a v2 file for today's ktrdr (`strategy_migration.migrate_document`).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def validate(ctx: click.Context, name_or_path: str, as_json: bool) -> None:
 @click.pass_context
 def convert(ctx: click.Context, name_or_path: str, target: str, to_stdout: bool) -> None:
     """Migrate a v2 strategy file to v3 in place (the original is kept as <file>.v2)."""
-    from ktrdr_tasks.strategy_v3 import migrate_document
+    from ktrdr_tasks.strategy_migration import migrate_document
 
     try:
         path = resolve_strategy_path(name_or_path, get_settings().strategies_dir)

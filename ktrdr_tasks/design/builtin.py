@@ -24,7 +24,7 @@ from typing import Any
 from ktrdr_tasks.catalogue import INDICATORS, IndicatorSpec
 from ktrdr_tasks.datasets import EURUSD_1H_VOLATILITY, Dataset, timeframe_minutes
 from ktrdr_tasks.design.storage import design_fingerprint
-from ktrdr_tasks.strategy_v3 import convert_v2_to_v3
+from ktrdr_tasks.strategy_migration import convert_v2_to_v3
 
 # EURUSD's typical close when the catalogue's quantiles were measured.
 _EURUSD_PRICE = 1.176

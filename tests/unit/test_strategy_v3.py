@@ -22,14 +22,13 @@ from ktrdr_tasks.errors import (
     V3ValidationError,
 )
 from ktrdr_tasks.settings import Settings
+from ktrdr_tasks.strategy_migration import convert_v2_to_v3, migrate_document
 from ktrdr_tasks.strategy_schema import StrategyConfig, load_strategy_file
 from ktrdr_tasks.strategy_v3 import (
     StrategyConfigV3,
     check_any_strategy,
     check_strategy_v3,
-    convert_v2_to_v3,
     is_v3,
-    migrate_document,
     resolve_features,
     strategy_text,
     validate_v3,

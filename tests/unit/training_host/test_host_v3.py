@@ -17,8 +17,9 @@ from ktrdr_tasks.catalogue import INDICATORS as CATALOGUE
 from ktrdr_tasks.catalogue import resolve_params
 from ktrdr_tasks.datasets import REFERENCE_DATASETS
 from ktrdr_tasks.design.builtin import compose
+from ktrdr_tasks.strategy_migration import convert_v2_to_v3
 from ktrdr_tasks.strategy_schema import load_strategy_file
-from ktrdr_tasks.strategy_v3 import check_any_strategy, convert_v2_to_v3, is_v3, resolve_features
+from ktrdr_tasks.strategy_v3 import check_any_strategy, is_v3, resolve_features
 from training_host import indicators
 from training_host.errors import TrainingFailed
 from training_host.features import build_inputs_v3, fraction_split, v3_features
