@@ -306,6 +306,14 @@ class StrategyConfig(_Open):
     def feature_ids(self) -> list[str]:
         return [indicator.feature_id for indicator in self.indicators]
 
+    @property
+    def format(self) -> str:
+        return "v2"
+
+    @property
+    def epochs(self) -> int:
+        return self.model.training.epochs
+
 
 REQUIRED_TOP_LEVEL = (
     "name",

@@ -4,7 +4,7 @@
 picks the designer from the settings (the built-in composer, or an LLM through the Anthropic
 Messages API), keeps away from every design already tried (fingerprints in the cycle history
 and in the strategies directory), validates the result with the trainer's rules
-(`check_strategy`) and saves it without ever overwriting a file.
+(`check_any_strategy`) and saves it without ever overwriting a file.
 
 A seed fixes the built-in designer's sequence of candidates, the same in any directory; the
 design chosen is the first candidate of that sequence that is not already known (its
@@ -33,7 +33,7 @@ from ktrdr_tasks.design.storage import (
 )
 from ktrdr_tasks.errors import DesignError
 from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.strategy_schema import check_strategy
+from ktrdr_tasks.strategy_v3 import check_any_strategy
 
 __all__ = [
     "DesignResult",
@@ -114,7 +114,11 @@ def _design_builtin(
 ) -> DesignResult:
     seed = secrets.randbits(63) if seed is None else seed
     stream = builtin.candidates(
-        seed, datasets, settings.training_start_date, settings.training_end_date
+        seed,
+        datasets,
+        settings.training_start_date,
+        settings.training_end_date,
+        settings.strategy_format,
     )
     skipped: list[SkippedCandidate] = []
     for position, candidate in zip(range(1, MAX_CANDIDATES + 1), stream, strict=False):
@@ -127,7 +131,7 @@ def _design_builtin(
             continue
         progress(10, f"Choosing indicators: {', '.join(candidate.indicators)}")
         progress(20, "Validating")
-        check_strategy(candidate.config, f"designed strategy '{name}'")
+        check_any_strategy(candidate.config, f"designed strategy '{name}'")
         try:
             path = save_strategy(settings.strategies_dir, candidate.config)
         except StrategyExistsError:

@@ -27,6 +27,7 @@ import yaml
 from ktrdr_tasks.catalogue import find_indicator, resolve_params
 from ktrdr_tasks.errors import StrategyError, StrategyExistsError
 from ktrdr_tasks.strategy import read_strategy_file, selection_names, validate_strategy_name
+from ktrdr_tasks.strategy_v3 import essence_view
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def _file_fingerprint(path: Path) -> str | None:
 
 def _essence(config: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a strategy that change what is trained, in a canonical shape."""
+    config = essence_view(config)  # a v3 document in v2's shape; v2 unchanged
     fuzzy = _mapping(config.get("fuzzy_sets"))
     indicators = []
     for item in config.get("indicators") or []:

@@ -18,7 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
+from ktrdr_tasks.strategy_schema import load_strategy_file
+from ktrdr_tasks.strategy_v3 import check_any_strategy
 from tests.support.processes import REPO, Process, free_port, start_training_host
 
 pytestmark = pytest.mark.integration
@@ -288,7 +289,7 @@ def test_list_filters_and_counts(host: Host) -> None:
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_every_example_strategy_trains_to_completion(host: Host, name: str) -> None:
-    config = check_strategy(load_strategy_file(REPO / "strategies" / f"{name}.yaml"), name)
+    config = check_any_strategy(load_strategy_file(REPO / "strategies" / f"{name}.yaml"), name)
     operation_id = host.started(
         name,
         symbols=config.symbols,
@@ -300,6 +301,7 @@ def test_every_example_strategy_trains_to_completion(host: Host, name: str) -> N
     assert info["status"] == "completed", info["error_message"]
     test = info["result_summary"]["test_metrics"]
     print(f"{name}: test_accuracy={test['test_accuracy']:.3f} test_loss={test['test_loss']:.3f}")
+    v3_files = {"metadata_v3.json"} if config.format == "v3" else set()
     assert {path.name for path in Path(info["result_summary"]["model_path"]).iterdir()} == (
-        MODEL_FILES
+        MODEL_FILES | v3_files
     )

@@ -26,7 +26,9 @@ DATASETS = list(REFERENCE_DATASETS)
 
 
 def settings_for(tmp_path: Path, **overrides: object) -> Settings:
-    return Settings(strategies_dir=tmp_path / "strategies", **overrides)  # type: ignore[arg-type]
+    # These tests read the v2 shape; test_strategy_v3.py covers the v3 designs.
+    options: dict[str, object] = {"strategy_format": "v2", **overrides}
+    return Settings(strategies_dir=tmp_path / "strategies", **options)  # type: ignore[arg-type]
 
 
 def membership(mf_type: str, params: list[float], x: float) -> float:

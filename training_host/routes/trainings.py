@@ -23,7 +23,7 @@ from ktrdr_tasks.strategy import (
     strategy_path,
     validate_strategy_name,
 )
-from ktrdr_tasks.strategy_schema import check_strategy
+from ktrdr_tasks.strategy_v3 import check_any_strategy
 from training_host.errors import NoDataError
 from training_host.market_data import normalise_timeframe
 from training_host.pipeline import TrainingJob, check_data, run_training
@@ -77,14 +77,14 @@ def load_job(body: TrainingStartRequest, strategies_dir: Path) -> TrainingJob:
     path = strategy_file(body.strategy_name, strategies_dir)
     try:
         document = read_strategy_file(path)
-        config = check_strategy(document, source=path.name)
+        config = check_any_strategy(document, source=path.name)
     except StrategyValidationError as exc:
         fields = [{"field": e.field, "message": e.message} for e in exc.errors]
         raise _invalid(
             body.strategy_name,
             path,
             [str(e) for e in exc.errors],
-            "STRATEGY-ValidationFailed",
+            exc.error_code,  # v3 has its own codes on ktrdr
             fields,
         ) from exc
     except StrategyError as exc:
@@ -130,7 +130,7 @@ def start_training(body: TrainingStartRequest, request: Request) -> TrainingStar
         "start_date": job.start_date,
         "end_date": job.end_date,
         "task_id": body.task_id,
-        "parameters": {"epochs": job.config.model.training.epochs},
+        "parameters": {"epochs": job.config.epochs},
     }
     operation, created = state.registry.create(metadata, task_id=body.task_id)
     if not created:
