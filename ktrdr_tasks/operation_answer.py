@@ -48,7 +48,10 @@ class _Stream:
         self.text = ""
         self.received = 0
         self.exhausted = False
-        self.skipped = 0  # characters of `data.metrics`, which the kept limit does not count
+        # Characters of `data.metrics` and `data.result_summary`, which the kept limit does not
+        # count: the result of a long training holds its whole loss history (8 MB at 100,000
+        # epochs) and arrives once; only `max_total_bytes` bounds them.
+        self.skipped = 0
         self.max_total_bytes = max_total_bytes
         self.max_kept_chars = max_kept_chars
 
@@ -93,9 +96,21 @@ class _Stream:
             raise ValueError(f"expected one of {chars!r} at character {pos}, found {found!r}")
         return self.text[pos], pos + 1
 
-    def value(self, pos: int) -> tuple[Any, int]:
-        """One JSON value decoded by the C scanner, reading more until it is complete."""
+    def value(self, pos: int, exempt: bool = False) -> tuple[Any, int]:
+        """One JSON value decoded by the C scanner, reading more until it is complete.
+
+        An `exempt` value does not count against the kept limit.
+        """
         pos = self.skip_space(pos)
+        if exempt:
+            start_skipped = self.skipped
+            self.skipped = 1 << 62  # no kept limit while it is read
+            try:
+                value, end = self.value(pos)
+            finally:
+                self.skipped = start_skipped
+            self.skipped += end - pos
+            return value, end
         while True:
             try:
                 value, end = _DECODER.raw_decode(self.text, pos)
@@ -115,7 +130,8 @@ class _Stream:
     def _check_kept(self, pos: int) -> None:
         if pos - self.skipped > self.max_kept_chars:
             raise ValueError(
-                f"sent more than {self.max_kept_chars // (1024 * 1024)} MiB outside data.metrics"
+                f"sent more than {self.max_kept_chars // (1024 * 1024)} MiB outside data.metrics "
+                "and data.result_summary"
             )
 
     def skip(self, pos: int, keep_chars: int) -> tuple[str | None, int]:
@@ -178,7 +194,8 @@ def read_operation_answer(
 ) -> Any:
     """The decoded answer, `data.metrics` reduced to what the chain reads (or left out).
 
-    `max_kept_bytes` bounds everything but `data.metrics`; `max_total_bytes` bounds the body.
+    `max_kept_bytes` bounds everything but `data.metrics` and `data.result_summary`;
+    `max_total_bytes` bounds the body.
     """
     stream = _Stream(chunks, max_total_bytes, max_kept_bytes)
     pos = stream.skip_space(0)
@@ -191,7 +208,7 @@ def read_operation_answer(
     def data_member(data: dict[str, Any]) -> Member:
         def read(key: str, pos: int) -> int | None:
             if key != "metrics":
-                data[key], pos = stream.value(pos)
+                data[key], pos = stream.value(pos, exempt=key == "result_summary")
                 return pos
             if data.keys() >= NEEDED and stream.peek(pos) == "[":
                 return None  # everything the chain reads is in: the rest is not downloaded

@@ -110,3 +110,13 @@ def test_nesting_deeper_than_the_skip_pattern_is_still_skipped() -> None:
     deep = "[" * 40 + "]" * 40
     got = read('{"data": {"metrics": ' + deep + ', "status": "s"}}')
     assert got["data"] == {"metrics": {}, "status": "s"}
+
+
+def test_a_long_trainings_result_is_kept_whole_beyond_the_kept_limit() -> None:
+    history = {"train_loss": [1.0 / i for i in range(1, 2000)]}
+    result = {"model_path": "models/x/1h_v1", "training_metrics": {"history": history}}
+    answer = json.dumps({"data": {"status": "completed", "result_summary": result}})
+    assert len(answer) > 4096
+    assert read(answer, 64, max_kept_bytes=4096)["data"]["result_summary"] == result
+    with pytest.raises(ValueError, match="more than 0 MiB"):
+        read(answer, 64, max_kept_bytes=4096, max_total_bytes=len(answer) // 2)
