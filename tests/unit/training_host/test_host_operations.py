@@ -144,12 +144,15 @@ def test_busy_503_never_refuses_a_repeated_task_id(host_settings: HostSettings) 
     release = threading.Event()
     with TestClient(app) as client:
         # The start of cycle-2 was accepted earlier and is what keeps the only worker busy.
-        app.state.registry.create({"strategy_name": STRATEGY}, task_id="cycle-2")
+        metadata = {"strategy_name": STRATEGY, "symbols": ["EURUSD"], "timeframes": ["1h"]}
+        app.state.registry.create(metadata, task_id="cycle-2")
         app.state.runner.submit("cycle-2", lambda context: release.wait(30) and {})
 
-        again = client.post("/api/v1/trainings/start", json={**START, "task_id": "cycle-2"})
-        other = client.post("/api/v1/trainings/start", json={**START, "task_id": "cycle-3"})
-        release.set()
+        try:
+            again = client.post("/api/v1/trainings/start", json={**START, "task_id": "cycle-2"})
+            other = client.post("/api/v1/trainings/start", json={**START, "task_id": "cycle-3"})
+        finally:
+            release.set()
 
     assert again.status_code == 200 and again.json()["task_id"] == "cycle-2"
     assert other.status_code == 503
