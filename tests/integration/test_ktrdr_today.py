@@ -2,7 +2,8 @@
 
 The host runs with `KTRDR_HOST_BUSY=503` (a start is refused while its only worker trains, as
 today's ktrdr does) and sits behind a small recording proxy that can lose a start's answer
-after the host accepted it. Each cycle must end with exactly one remote job.
+after the host accepted it. Each cycle must end with exactly one remote job. A slow peer (a
+scripted service dripping its answers) must fail the cycle within its error budget.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import pytest
 import yaml
 
 from ktrdr_tasks import workflow
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import wait_for, wait_for_condition, write_strategy
+from tests.support.fake_training_api import Behaviour, FakeTrainingApi
 from tests.support.processes import REPO, Process, free_port, start_training_host, start_worker
 
 pytestmark = pytest.mark.integration
@@ -197,3 +199,30 @@ def test_a_ten_second_busy_window_is_survived(today: Today) -> None:
     assert record["status"] == "completed", record["error_message"]
     assert refused >= 3  # the window was real: several starts were turned away
     assert today.jobs_of(name) == 1
+
+
+def test_a_training_api_that_drips_its_answers_fails_the_cycle_within_the_budget(
+    worker: Process, fake_api: FakeTrainingApi, strategies_dir: Path, cycle_env: dict[str, str]
+) -> None:
+    name = write_strategy(strategies_dir, "today_dripping")
+    fake_api.behaviours[name] = Behaviour(outcome="never")
+    result = workflow.trigger(strategy=name)
+    wait_for_condition(
+        lambda: bool(workflow.status(result.operation_id)["metadata"].get("training_operation_id")),
+        30,
+        "the training to start",
+    )
+    fake_api.era.drip_interval_s = 2.0  # one byte every 2 s: every read is inside the timeout
+    try:
+        dripping = time.monotonic()
+        record = wait_for(result.operation_id, {"completed", "failed", "cancelled"}, timeout=90)
+        gave_up = time.monotonic() - dripping
+    finally:
+        fake_api.era.drip_interval_s = 0.0
+
+    budget = int(cycle_env["KTRDR_POLL_MAX_ERRORS"]) * float(cycle_env["KTRDR_API_TIMEOUT_S"])
+    print(f"dripping training API: cycle failed {gave_up:.1f} s after the drip began")
+    assert record["status"] == "failed"
+    assert "polls in a row" in record["error_message"]
+    assert "timed out" in record["error_message"]
+    assert gave_up < budget + 15
