@@ -6,7 +6,7 @@ bytes per epoch: 22 MB at 100,000 epochs, 0.4 s for `json.loads` on every poll. 
 needs none of it (the December 2025 backend's `{"epochs": [...]}` gives the last epoch's
 losses, nothing more). So the answer is read as it streams in: every other member is decoded
 with the C scanner, `data.metrics` is skipped by a possessive regex (no objects built) or, when
-it arrives after everything the chain reads, not downloaded at all. Pure: no I/O, no HTTP; it
+it arrives after everything the chain reads (ktrdr's field order), not downloaded at all. Pure: no I/O, no HTTP; it
 takes an iterator of byte chunks and raises `ValueError` with a one-line reason.
 """
 
@@ -134,8 +134,12 @@ class _Stream:
                 "and data.result_summary"
             )
 
-    def skip(self, pos: int, keep_chars: int) -> tuple[str | None, int]:
-        """Pass over one value without building it; its text when at most `keep_chars` long."""
+    def skip(self, pos: int, keep_chars: int, may_stop: bool) -> tuple[str | None, int | None]:
+        """Pass over one value without building it; its text when at most `keep_chars` long.
+
+        With `may_stop`, a value found longer than `keep_chars` is not read to its end: the
+        position returned is then None.
+        """
         pos = self.skip_space(pos)
         if self.text[pos : pos + 1] not in ("[", "{"):
             value, end = self.value(pos)
@@ -152,10 +156,16 @@ class _Stream:
                 _, end = self.value(pos)
                 self.skipped = start_skipped + end - pos
                 return None, end
+            self.skipped = start_skipped + len(self.text) - pos
+            if may_stop:
+                if len(self.text) - pos > keep_chars:
+                    return None, None
+                self.more()
+                continue
             # Matching again after every chunk would be quadratic: read to the end, match once.
             while not self.exhausted:
-                self.skipped = start_skipped + len(self.text) - pos
                 self.more()
+                self.skipped = start_skipped + len(self.text) - pos
 
 
 def _last_epoch_only(text: str | None) -> dict[str, Any]:
@@ -210,11 +220,14 @@ def read_operation_answer(
             if key != "metrics":
                 data[key], pos = stream.value(pos, exempt=key == "result_summary")
                 return pos
-            if data.keys() >= NEEDED and stream.peek(pos) == "[":
-                return None  # everything the chain reads is in: the rest is not downloaded
-            text, pos = stream.skip(pos, METRICS_DECODE_CHARS)
+            # Once everything the chain reads is in, the rest of the body is not downloaded:
+            # not a list (today's ktrdr), nor an epochs history too long to keep.
+            may_stop = data.keys() >= NEEDED
+            if may_stop and stream.peek(pos) == "[":
+                return None
+            text, end = stream.skip(pos, METRICS_DECODE_CHARS, may_stop)
             data["metrics"] = _last_epoch_only(text)
-            return pos
+            return end
 
         return read
 

@@ -120,3 +120,18 @@ def test_a_long_trainings_result_is_kept_whole_beyond_the_kept_limit() -> None:
     assert read(answer, 64, max_kept_bytes=4096)["data"]["result_summary"] == result
     with pytest.raises(ValueError, match="more than 0 MiB"):
         read(answer, 64, max_kept_bytes=4096, max_total_bytes=len(answer) // 2)
+
+
+def test_a_long_epochs_history_after_everything_needed_is_not_read_to_its_end() -> None:
+    head = json.dumps({"data": {**RUNNING, "metrics": {"epochs": []}}})[:-4]  # ...: [
+    sent: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        yield head.encode()
+        while True:
+            sent.append(1)
+            yield b'{"epoch": 1, "train_loss": 0.5}, '
+
+    got = read_operation_answer(endless(), **LIMITS)
+    assert got["data"]["metrics"] == {} and got["data"]["status"] == "running"
+    assert len(sent) < 100_000
