@@ -6,8 +6,9 @@ bytes per epoch: 22 MB at 100,000 epochs, 0.4 s for `json.loads` on every poll. 
 needs none of it (the December 2025 backend's `{"epochs": [...]}` gives the last epoch's
 losses, nothing more). So the answer is read as it streams in: every other member is decoded
 with the C scanner, `data.metrics` is skipped by a possessive regex (no objects built) or, when
-it arrives after everything the chain reads (ktrdr's field order), not downloaded at all. Pure: no I/O, no HTTP; it
-takes an iterator of byte chunks and raises `ValueError` with a one-line reason.
+it arrives after everything the chain reads (ktrdr's field order), not downloaded at all.
+Pure: no I/O, no HTTP; it takes an iterator of byte chunks and raises `ValueError` with a
+one-line reason.
 """
 
 from __future__ import annotations

@@ -229,6 +229,7 @@ def _deadline_transport(limits: httpx.Limits, deadline: _Deadline) -> httpx.HTTP
     """
     transport = httpx.HTTPTransport(limits=limits)
     transport._pool = httpcore.ConnectionPool(
+        ssl_context=transport._pool._ssl_context,  # httpx's verified default, kept
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
