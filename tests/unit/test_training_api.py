@@ -15,7 +15,12 @@ import pytest
 from ktrdr_tasks import training_api
 from ktrdr_tasks.errors import OperationNotFoundError, PermanentApiError, TransientApiError
 from ktrdr_tasks.training_api import StartTrainingRequest, TrainingApiClient
-from tests.support.fake_training_api import FakeTrainingApi, december_ktrdr, todays_ktrdr
+from tests.support.fake_training_api import (
+    Behaviour,
+    FakeTrainingApi,
+    december_ktrdr,
+    todays_ktrdr,
+)
 from tests.support.processes import wait_until
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -498,3 +503,25 @@ def test_an_absurd_answer_is_still_refused(monkeypatch: pytest.MonkeyPatch) -> N
     body = json.dumps({"data": {"metrics": ["x" * 1000] * 2000, **HEAD}}).encode()
     with pytest.raises(PermanentApiError, match="more than 1 MiB"):
         client_for(lambda r: httpx.Response(200, content=body)).get_operation("op")
+
+
+def test_a_whole_training_on_todays_ktrdr_reads_through_its_growing_metrics_list(
+    api: FakeTrainingApi,
+) -> None:
+    api.era = todays_ktrdr(metrics_list_bytes_per_poll=2500)
+    api.default = Behaviour(polls=60)
+    client = TrainingApiClient(api.url, timeout_s=5)
+    training_id = client.start_training(REQUEST)
+
+    seen = [client.get_operation(training_id)]
+    while seen[-1].is_running:
+        seen.append(client.get_operation(training_id))
+
+    statuses = [remote.status for remote in seen]
+    assert statuses[0] == "pending" and statuses[-1] == "completed"
+    assert all(remote.metrics == {} for remote in seen)
+    last_answer = httpx.get(f"{api.url}/api/v1/operations/{training_id}").content
+    assert len(last_answer) > 100_000  # today's ktrdr: 100+ KB of `metrics` on long trainings
+    assert isinstance(json.loads(last_answer)["data"]["metrics"], list)
+    assert seen[-1].result_summary is not None
+    assert seen[-1].result_summary["model_path"] == "models/fake/1h_v1"  # relative, unchanged
