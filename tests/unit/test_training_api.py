@@ -525,3 +525,37 @@ def test_a_whole_training_on_todays_ktrdr_reads_through_its_growing_metrics_list
     assert isinstance(json.loads(last_answer)["data"]["metrics"], list)
     assert seen[-1].result_summary is not None
     assert seen[-1].result_summary["model_path"] == "models/fake/1h_v1"  # relative, unchanged
+
+
+@pytest.mark.parametrize(
+    ("failure", "looked_up"),
+    [
+        (httpx.ConnectError("refused"), False),
+        (httpx.ConnectTimeout("slow connect"), False),
+        (httpx.WriteError("reset while sending"), False),
+        (httpx.ReadTimeout("no answer"), True),
+        (httpx.RemoteProtocolError("closed without answer"), True),
+        (httpx.ReadError("reset while reading"), True),
+        (httpx.Response(500, json={"detail": "boom"}), False),
+        (httpx.Response(503, json={"detail": {"error": "No training workers available"}}), False),
+        (httpx.Response(502, text="bad gateway"), True),
+        (httpx.Response(504, text="gateway timeout"), True),
+    ],
+)
+def test_only_a_start_that_may_have_reached_the_service_is_looked_up(
+    failure: Exception | httpx.Response, looked_up: bool
+) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": {"status": "running"}})
+        if len(seen) > 1:
+            return httpx.Response(200, json={"success": True, "task_id": REQUEST.task_id})
+        if isinstance(failure, httpx.Response):
+            return failure
+        raise failure
+
+    assert client_for(handler).start_training(REQUEST) == REQUEST.task_id
+    assert seen == (["POST", "GET"] if looked_up else ["POST", "POST"])
