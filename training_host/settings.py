@@ -7,6 +7,7 @@ Names follow the chain's settings where they share a meaning (`KTRDR_STRATEGIES_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,3 +46,6 @@ class HostSettings(BaseSettings):
     )
     seed: int = Field(42, validation_alias=AliasChoices("KTRDR_TRAINING_SEED"))
     log_level: LogLevel = Field("INFO", validation_alias=AliasChoices("KTRDR_LOG_LEVEL"))
+    # `503`: refuse a start while every worker is busy, as today's ktrdr does (the client's
+    # retry path then runs against this host too); `queue` (default): it waits as pending.
+    busy: Literal["queue", "503"] = Field("queue", validation_alias=AliasChoices("KTRDR_HOST_BUSY"))

@@ -27,7 +27,7 @@ from ktrdr_tasks.strategy_v3 import check_any_strategy
 from training_host.errors import NoDataError
 from training_host.market_data import normalise_timeframe
 from training_host.pipeline import TrainingJob, check_data, run_training
-from training_host.schemas import TrainingStartRequest, TrainingStartResponse
+from training_host.schemas import BUSY_DETAIL, TrainingStartRequest, TrainingStartResponse
 
 router = APIRouter(prefix="/trainings", tags=["Training"])
 
@@ -132,6 +132,8 @@ def start_training(body: TrainingStartRequest, request: Request) -> TrainingStar
         "task_id": body.task_id,
         "parameters": {"epochs": job.config.epochs},
     }
+    if state.runner.refuses_start(settings.busy, body.task_id):
+        raise HTTPException(status_code=503, detail=BUSY_DETAIL)
     operation, created = state.registry.create(metadata, task_id=body.task_id)
     if not created:
         return TrainingStartResponse(
