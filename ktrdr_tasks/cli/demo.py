@@ -3,7 +3,9 @@
 Starts the local stack (`ktrdr_tasks.stack`: redis-server, Celery worker and beat, the
 reference training host, Flower), triggers one cycle with the built-in designer (or
 `--strategy`), follows it live to the verdict, prints where the strategy and the model are,
-and stops everything it started: on success, on failure, on Ctrl+C and on SIGTERM.
+and stops everything it started: on success, on failure, on Ctrl+C and on SIGTERM. A process
+of the stack that exits meanwhile is restarted with backoff; with `--keep-running` a
+supervisor process of its own keeps doing that after the demo returns.
 
 Exit codes: 0 when the cycle reached a verdict (completed, or failed at the training gate:
 both are real outcomes of research); 1 when it failed otherwise, was cancelled or timed out;
@@ -13,10 +15,8 @@ both are real outcomes of research); 1 when it failed otherwise, was cancelled o
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,17 +76,11 @@ def _use_stack(env: dict[str, str]) -> None:
     """Point this process (trigger, status) at the stack, as its children are."""
     os.environ.update(env)
     get_settings.cache_clear()
+    from ktrdr_tasks.app import reload_configuration
     from ktrdr_tasks.store import reset_store
 
     reset_store()
-    # Celery reads celeryconfig on first use; if something already read it, read it again.
-    if "celeryconfig" in sys.modules:
-        from ktrdr_tasks.app import app
-
-        config = importlib.reload(sys.modules["celeryconfig"])
-        app.conf.update(
-            broker_url=config.broker_url, broker_transport_options=config.broker_transport_options
-        )
+    reload_configuration()
 
 
 def _shown(path: str | Path | None) -> str:
@@ -141,7 +135,8 @@ def _summary(stack: Stack, operation: dict[str, Any], keep_running: bool) -> lis
             f"  Flower         {stack.flower_url}  (user {FLOWER_USER}, password "
             f"{stack.flower_password})",
             "",
-            "The stack keeps running. To use it from a shell:",
+            "The stack keeps running under its supervisor, which restarts a process that exits",
+            f"(log {_shown(stack.paths.log('supervisor'))}). To use it from a shell:",
             f"  set -a; . {env_file}; set +a",
             f"  ktrdr operations status {operation['operation_id']}",
             "  ktrdr agent trigger --follow",
@@ -237,7 +232,8 @@ class _DemoRun:
             seed_strategies(EXAMPLE_STRATEGIES, stack.strategies_dir)
         if strategy:  # a wrong name fails now, not after five processes have started
             load_strategy_config(strategy, stack.strategies_dir)
-        stack.start(on_step=lambda step: echo(f"  starting {step}"))
+        start = stack.start_detached if stack.keep_running else stack.start
+        start(on_step=lambda step: echo(f"  starting {step}"))
         echo(
             f"  ready: redis, worker, beat, training host {stack.api_url}, "
             f"Flower {stack.flower_url}"

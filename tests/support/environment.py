@@ -7,7 +7,6 @@ own redis-server must make all three read it again, or it talks to the previous 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 
 
@@ -24,12 +23,6 @@ def apply_env(env: Mapping[str, str]) -> None:
 def reload_celery_config() -> None:
     """celeryconfig reads REDIS_URL when the app is first configured: make the app read it
     again on next use, with a fresh connection pool, producer pool and control object."""
-    from ktrdr_tasks.app import app
+    from ktrdr_tasks.app import reload_configuration
 
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
-    for cached in ("amqp", "control"):  # built on the old configuration
-        app.__dict__.pop(cached, None)
-    sys.modules.pop("celeryconfig", None)
-    app._conf = None
+    reload_configuration()

@@ -152,7 +152,7 @@ def test_unreachable_redis_error_names_the_url_without_the_password() -> None:
 def _celeryconfig(env: dict[str, str]) -> dict:
     """celeryconfig as a fresh process sees it (it reads the settings at import)."""
     code = (
-        "import json, celeryconfig as c;"
+        "import json, ktrdr_tasks.celeryconfig as c;"
         "print(json.dumps({'url': c.broker_url, 'ssl': getattr(c, 'broker_use_ssl', None)}))"
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KTRDR_", "REDIS_URL"))}
