@@ -70,6 +70,7 @@ FLOWER_USER = "ktrdr"
 DEMO_TRAINING_DATES = ("2017-05-01", "2018-02-01")
 DEMO_DESIGN_DATASET = ("EURUSD", "1h")
 DEMO_POLL_INTERVAL_S = 0.5
+DEFAULT_DATA_DIR = Path(".ktrdr")
 STATE_FILE = "stack.json"
 ENV_FILE = "stack.env"
 START_TIMEOUT_S = 90.0
@@ -597,6 +598,22 @@ def redis_servers_in(directory: Path) -> list[int]:
             if "redis-server" in (proc.info["name"], argv0) and Path(proc.cwd()) == target:
                 found.append(proc.pid)
     return found
+
+
+def kept_stack_hint(data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    """For "cannot reach Redis": a stack left by `ktrdr demo --keep-running` runs here, but
+    this shell does not point at it (`REDIS_URL` is not its URL)."""
+    env_file = StackPaths(data_dir).env_file
+    try:
+        kept = dict(line.partition("=")[::2] for line in env_file.read_text().splitlines())
+    except OSError:
+        return ""
+    if not kept.get("REDIS_URL") or os.environ.get("REDIS_URL") == kept["REDIS_URL"]:
+        return ""
+    return (
+        f" A stack started by `ktrdr demo --keep-running` runs from {data_dir}/: point this "
+        f"shell at it with `set -a; source {env_file}; set +a`"
+    )
 
 
 def _recorded_state(paths: StackPaths) -> dict[str, Any]:

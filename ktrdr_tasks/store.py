@@ -189,8 +189,11 @@ def _redis_errors(method: Callable[P, R]) -> Callable[P, R]:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             store = args[0]
             url = getattr(store, "safe_url", "redis")
+            from ktrdr_tasks.stack import kept_stack_hint
+
             raise StoreUnavailableError(
                 f"cannot reach Redis at {url}: {exc}. Is redis-server running (REDIS_URL)?"
+                f"{kept_stack_hint()}"
             ) from exc
 
     return wrapper

@@ -27,6 +27,7 @@ from ktrdr_tasks.cli.follow import FollowTimeout, follow_operation
 from ktrdr_tasks.errors import KtrdrTasksError
 from ktrdr_tasks.settings import get_settings
 from ktrdr_tasks.stack import (
+    DEFAULT_DATA_DIR,
     FLOWER_USER,
     Stack,
     StackError,
@@ -157,7 +158,7 @@ def _summary(stack: Stack, operation: dict[str, Any], keep_running: bool) -> lis
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".ktrdr"),
+    default=DEFAULT_DATA_DIR,
     show_default=True,
     help="Redis AOF, logs, strategies and models.",
 )

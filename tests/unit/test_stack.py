@@ -22,6 +22,8 @@ from ktrdr_tasks.stack import (
     Stack,
     StackError,
     StackPaths,
+    free_port,
+    kept_stack_hint,
     redis_servers_in,
     running_stack_pids,
     seed_strategies,
@@ -351,3 +353,31 @@ def test_the_detached_supervisor_rebuilds_the_same_stack(tmp_path: Path) -> None
 def test_children_never_see_the_stack_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SPEC_VARIABLE, '{"redis_password": "x"}')
     assert SPEC_VARIABLE not in _stack(tmp_path).child_environ()
+
+
+def test_a_shell_that_cannot_reach_redis_is_pointed_at_a_kept_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `ktrdr demo --keep-running`, a new shell (default REDIS_URL) is told what to
+    source; a shell already pointed at the stack, or a directory without one, is not."""
+    from ktrdr_tasks.errors import StoreUnavailableError
+    from ktrdr_tasks.store import Store
+
+    monkeypatch.chdir(tmp_path)
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    store = Store.from_url(unreachable, 60, unreachable)
+    with pytest.raises(StoreUnavailableError) as plain:
+        store.ping()
+    assert "ktrdr demo" not in str(plain.value)
+
+    (tmp_path / ".ktrdr").mkdir()
+    kept_url = f"redis://:pw@127.0.0.1:{free_port()}/0"
+    (tmp_path / ".ktrdr" / "stack.env").write_text(f"REDIS_URL={kept_url}\nKTRDR_API_URL=x\n")
+    with pytest.raises(StoreUnavailableError) as hinted:
+        store.ping()
+    message = str(hinted.value)
+    assert "cannot reach Redis" in message and "\n" not in message
+    assert "`set -a; source .ktrdr/stack.env; set +a`" in message
+
+    monkeypatch.setenv("REDIS_URL", kept_url)  # this shell already uses the kept stack
+    assert kept_stack_hint() == ""
