@@ -56,6 +56,10 @@ class RedisServer:
         self.process.stop()
         self.process = _launch_redis(self.port, self.data_dir, self.password)
 
+    def restart_after_kill(self) -> Process:
+        """A new redis-server on the same port and AOF (after the old one was killed)."""
+        return _launch_redis(self.port, self.data_dir, self.password)
+
 
 def _launch_redis(port: int, data_dir: Path, password: str | None) -> Process:
     argv = [
