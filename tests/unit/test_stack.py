@@ -231,22 +231,44 @@ def test_flower_guard_reads_the_environment_as_flower_does() -> None:
     guard_flower(["--unix-socket=/tmp/flower.sock"], {})  # no TCP listener at all
 
 
-def test_flower_guard_is_armed_inside_flower_started_on_the_ktrdr_app(tmp_path: Path) -> None:
-    """`celery -A ktrdr_tasks flower`: the guard runs in Flower's own process, on the options
-    it parsed (a `flowerconfig.py` in the working directory included)."""
-    (tmp_path / "flowerconfig.py").write_text("address = '127.0.0.3'\n")
+CELERY = str(Path(sys.executable).parent / "celery")
+
+
+@pytest.mark.parametrize(
+    ("argv", "extra_env", "config", "shown"),
+    [
+        ([CELERY, "-A", "ktrdr_tasks", "flower", "--address=127.0.0.2"], {}, "", "127.0.0.2"),
+        (
+            [CELERY, "-A", "ktrdr_tasks", "flower", "--address=127.0.0.1", "-address=127.0.0.2"],
+            {},
+            "",
+            "127.0.0.2",
+        ),
+        ([CELERY, "-A", "ktrdr_tasks", "flower"], {}, "", "every interface"),
+        ([CELERY, "-A", "ktrdr_tasks", "flower"], {"FLOWER_ADDRESS": "127.0.0.4"}, "", "127.0.0.4"),
+        ([CELERY, "-A", "ktrdr_tasks", "flower"], {}, "address = '127.0.0.3'\n", "127.0.0.3"),
+        ([CELERY, "--app=ktrdr_tasks.app:app", "flower", "--address=0.0.0.0"], {}, "", "0.0.0.0"),
+        (
+            [sys.executable, "-m", "ktrdr_tasks.stack", "flower", "--address=127.0.0.2"],
+            {},
+            "",
+            "127.0.0.2",
+        ),
+    ],
+    ids=["address", "last-wins", "default", "env", "flowerconfig", "app-path", "entry-point"],
+)
+def test_flower_started_any_way_on_the_ktrdr_app_refuses_without_credentials(
+    tmp_path: Path, argv: list[str], extra_env: dict[str, str], config: str, shown: str
+) -> None:
+    """The guard runs inside Flower's own process on the options it parsed (command line in
+    any spelling, FLOWER_* environment, a `flowerconfig.py` in the working directory)."""
+    if config:
+        (tmp_path / "flowerconfig.py").write_text(config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
-    env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # never reached: the guard refuses first
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "celery"), "-A", "ktrdr_tasks", "flower"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env.update(extra_env, REDIS_URL="redis://127.0.0.1:1/0")  # never reached: refused first
+    done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 4, done.stderr[-2000:]
-    assert "error: refusing to start Flower on 127.0.0.3 without credentials" in done.stderr
+    assert f"error: refusing to start Flower on {shown} without credentials" in done.stderr
     assert "Traceback" not in done.stderr
 
 
