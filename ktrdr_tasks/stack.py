@@ -38,11 +38,7 @@ from typing import Any
 import psutil
 
 from ktrdr_tasks.errors import ConfigurationError, KtrdrTasksError
-from ktrdr_tasks.flower_guard import (
-    EXIT_CONFIG,
-    check_flower_exposure,
-    guard_flower,
-)
+from ktrdr_tasks.flower_guard import EXIT_CONFIG, check_flower_exposure, guard_flower
 from ktrdr_tasks.settings import Settings
 from ktrdr_tasks.supervisor import (
     STOP_TIMEOUT_S,
@@ -52,17 +48,6 @@ from ktrdr_tasks.supervisor import (
     spawn,
     stop_group,
 )
-
-__all__ = [
-    "Child",
-    "Stack",
-    "StackError",
-    "StackPaths",
-    "check_flower_exposure",
-    "group_alive",
-    "guard_flower",
-    "stop_group",
-]
 
 FLOWER_USER = "ktrdr"
 # The reference host's EURUSD bars (ktrdr_tasks.datasets): a strategy that names no dates
@@ -83,9 +68,6 @@ STOP_ORDER = (("flower", "beat", "worker"), ("trainer",), ("redis",))
 
 class StackError(KtrdrTasksError):
     """A local process could not be started, or a stack is already running here."""
-
-
-# -- the local stack -----------------------------------------------------------------------
 
 
 def free_port() -> int:

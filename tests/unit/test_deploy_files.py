@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from ktrdr_tasks.flower_guard import guard_flower
 from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.stack import guard_flower
 from training_host.settings import HostSettings
 
 REPO = Path(__file__).resolve().parents[2]
