@@ -267,14 +267,10 @@ def stack(
 
 
 def _reset_project_singletons() -> None:
-    """Settings, store and the Celery broker URL are read once per process: read them again."""
-    from ktrdr_tasks.app import reload_configuration
-    from ktrdr_tasks.settings import get_settings
-    from ktrdr_tasks.store import reset_store
+    """Settings, store and the Celery app read the environment once per process: again."""
+    from ktrdr_tasks.workflow import use_environment
 
-    get_settings.cache_clear()
-    reset_store()
-    reload_configuration()
+    use_environment({})
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser, pool: str = "prefork") -> None:

@@ -9,7 +9,6 @@ beyond 127.0.0.1 (`ktrdr_tasks.flower_guard`).
 from __future__ import annotations
 
 import logging
-import sys
 
 from celery import Celery
 from celery.signals import after_setup_logger
@@ -28,19 +27,3 @@ flower_guard.install(app)
 def _quiet_http_logs(logger: logging.Logger, **_: object) -> None:
     # httpx logs every request at INFO: one line per poll would drown the phase changes.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def reload_configuration() -> None:
-    """Make the app read `ktrdr_tasks.celeryconfig` (so the environment) again on next use.
-
-    For a process that points itself at another stack after the app was configured
-    (`ktrdr demo`, test fixtures, benchmarks): the broker pool, producer pool and control
-    object were built on the old configuration and go with it.
-    """
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
-    for cached in ("amqp", "control"):
-        app.__dict__.pop(cached, None)
-    sys.modules.pop(CONFIG_MODULE, None)
-    app._conf = None

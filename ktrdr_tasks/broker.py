@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 _PATCHED = "_ktrdr_detached_check"
 
@@ -34,7 +33,8 @@ def _refuse_when_detached(connparams: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(connparams)
     def checked(self: kombu_redis.Channel, *args: Any, **kwargs: Any) -> Any:
         if self.connection.client is None:
-            raise RedisConnectionError(
+            # A builtin ConnectionError is an OSError: among the transport's connection errors.
+            raise ConnectionError(
                 "broker connection already closed; unacked messages stay in Redis until the "
                 "visibility timeout restores them"
             )

@@ -26,9 +26,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import import_modules
 
-from ktrdr_tasks.errors import ConfigurationError
+from ktrdr_tasks.errors import EXIT_CONFIG, ConfigurationError
 
-EXIT_CONFIG = 4
 # The only addresses Flower may serve on without a login: this machine's own loopback.
 OPEN_ADDRESSES = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
 _GUARDED = "_ktrdr_guarded"
@@ -134,7 +133,7 @@ def guard_flower(argv: Sequence[str], environ: Mapping[str, str]) -> None:
 def refuse(exc: ConfigurationError) -> None:
     """One line on stderr and the configuration exit code; no traceback."""
     print(f"error: {exc}", file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_CONFIG)
+    raise SystemExit(int(EXIT_CONFIG))
 
 
 def _guarded(start_http_server: Callable[..., Any]) -> Callable[..., Any]:

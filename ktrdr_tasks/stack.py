@@ -37,8 +37,8 @@ from typing import Any
 
 import psutil
 
-from ktrdr_tasks.errors import ConfigurationError, KtrdrTasksError
-from ktrdr_tasks.flower_guard import EXIT_CONFIG, check_flower_exposure, guard_flower
+from ktrdr_tasks.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, ConfigurationError, StackError
+from ktrdr_tasks.flower_guard import check_flower_exposure, guard_flower
 from ktrdr_tasks.settings import Settings
 from ktrdr_tasks.supervisor import (
     STOP_TIMEOUT_S,
@@ -64,10 +64,6 @@ START_TIMEOUT_S = 90.0
 SPEC_VARIABLE = "KTRDR_STACK_SPEC"
 # Stop order: clients first, then the training host, Redis last.
 STOP_ORDER = (("flower", "beat", "worker"), ("trainer",), ("redis",))
-
-
-class StackError(KtrdrTasksError):
-    """A local process could not be started, or a stack is already running here."""
 
 
 def free_port() -> int:
@@ -97,7 +93,7 @@ def flower_main(argv: Sequence[str]) -> None:
         guard_flower(argv, os.environ)
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        raise SystemExit(int(EXIT_CONFIG)) from None
     celery = _console_script("celery")
     os.execv(celery, [celery, "-A", "ktrdr_tasks", "flower", *argv])
 
@@ -500,13 +496,13 @@ class Stack:
         )
 
     def _redis_ready(self) -> bool:
-        import redis
+        from ktrdr_tasks.store import Store
 
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=1)
+        store = Store.from_url(self.redis_url, 60, "the stack's redis-server")
         try:
-            return bool(client.ping())
+            return store.ping()
         finally:
-            client.close()
+            store.redis.close()
 
     def _trainer_ready(self) -> bool:
         import httpx
@@ -672,7 +668,8 @@ def serve_main() -> None:
         stack.serve()
     except (StackError, ConfigurationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG if isinstance(exc, ConfigurationError) else 3) from None
+        code = EXIT_CONFIG if isinstance(exc, ConfigurationError) else EXIT_UNAVAILABLE
+        raise SystemExit(int(code)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,31 +14,15 @@ import sys
 
 import click
 
-from ktrdr_tasks.errors import (
-    ConfigurationError,
+from ktrdr_tasks.errors import (  # noqa: F401  (the exit codes, defined with the error tree)
+    EXIT_BAD_INPUT,
+    EXIT_CONFIG,
+    EXIT_CYCLE_NOT_COMPLETED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
     KtrdrTasksError,
-    OperationStateError,
-    StoreUnavailableError,
-    StrategyError,
-    TransientApiError,
+    exit_code_for,
 )
-
-EXIT_OK = 0
-EXIT_CYCLE_NOT_COMPLETED = 1
-EXIT_BAD_INPUT = 2
-EXIT_UNAVAILABLE = 3
-EXIT_CONFIG = 4
-
-
-def exit_code_for(error: KtrdrTasksError) -> int:
-    """The one mapping from the exception tree to process exit codes."""
-    if isinstance(error, ConfigurationError):
-        return EXIT_CONFIG
-    if isinstance(error, StoreUnavailableError | TransientApiError):
-        return EXIT_UNAVAILABLE
-    if isinstance(error, StrategyError | OperationStateError):
-        return EXIT_BAD_INPUT
-    return EXIT_BAD_INPUT
 
 
 @click.group()
@@ -57,6 +41,14 @@ def _register() -> None:
     cli.add_command(demo)
 
 
+def _unreachable_hint(exc: KtrdrTasksError) -> str:
+    """Redis unreachable next to a stack kept by `ktrdr demo --keep-running`: say what to source."""
+    from ktrdr_tasks.errors import StoreUnavailableError
+    from ktrdr_tasks.stack import kept_stack_hint
+
+    return kept_stack_hint() if isinstance(exc, StoreUnavailableError) else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the group and turn our errors into one line and an exit code."""
     _register()
@@ -69,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(EXIT_BAD_INPUT)
     except KtrdrTasksError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {exc}{_unreachable_hint(exc)}", err=True)
         sys.exit(exit_code_for(exc))
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -15,7 +15,6 @@ both are real outcomes of research); 1 when it failed otherwise, was cancelled o
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,10 @@ from typing import Any
 import click
 
 from ktrdr_tasks.cli.follow import FollowTimeout, follow_operation
-from ktrdr_tasks.errors import KtrdrTasksError
+from ktrdr_tasks.errors import EXIT_CYCLE_NOT_COMPLETED as EXIT_NO_VERDICT
+from ktrdr_tasks.errors import EXIT_INTERRUPTED, KtrdrTasksError
+from ktrdr_tasks.errors import EXIT_OK as EXIT_VERDICT
+from ktrdr_tasks.errors import EXIT_UNAVAILABLE as EXIT_STACK
 from ktrdr_tasks.settings import get_settings
 from ktrdr_tasks.stack import (
     DEFAULT_DATA_DIR,
@@ -36,10 +38,6 @@ from ktrdr_tasks.stack import (
 )
 from ktrdr_tasks.strategy import load_strategy_config
 
-EXIT_VERDICT = 0
-EXIT_NO_VERDICT = 1
-EXIT_STACK = 3
-EXIT_INTERRUPTED = 130
 EXAMPLE_STRATEGIES = Path("strategies")
 
 
@@ -71,17 +69,6 @@ def _uninterruptible() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _use_stack(env: dict[str, str]) -> None:
-    """Point this process (trigger, status) at the stack, as its children are."""
-    os.environ.update(env)
-    get_settings.cache_clear()
-    from ktrdr_tasks.app import reload_configuration
-    from ktrdr_tasks.store import reset_store
-
-    reset_store()
-    reload_configuration()
 
 
 def _shown(path: str | Path | None) -> str:
@@ -239,7 +226,7 @@ class _DemoRun:
             f"  ready: redis, worker, beat, training host {stack.api_url}, "
             f"Flower {stack.flower_url}"
         )
-        _use_stack(stack.env())
+        workflow.use_environment(stack.env())  # this process talks to the stack too
         _cancel_leftovers(echo)
 
         result = workflow.trigger(strategy=strategy)

@@ -380,26 +380,30 @@ def test_children_never_see_the_stack_spec(tmp_path: Path, monkeypatch: pytest.M
 def test_a_shell_that_cannot_reach_redis_is_pointed_at_a_kept_stack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After `ktrdr demo --keep-running`, a new shell (default REDIS_URL) is told what to
-    source; a shell already pointed at the stack, or a directory without one, is not."""
-    from ktrdr_tasks.errors import StoreUnavailableError
-    from ktrdr_tasks.store import Store
+    """After `ktrdr demo --keep-running`, a new shell (default REDIS_URL) running `ktrdr` is
+    told what to source; a shell already pointed at the stack, or a directory without one,
+    is not."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+    env["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    ktrdr = [str(Path(sys.executable).parent / "ktrdr"), "agent", "status"]
 
-    monkeypatch.chdir(tmp_path)
-    unreachable = f"redis://127.0.0.1:{free_port()}/0"
-    store = Store.from_url(unreachable, 60, unreachable)
-    with pytest.raises(StoreUnavailableError) as plain:
-        store.ping()
-    assert "ktrdr demo" not in str(plain.value)
+    def status() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ktrdr, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+
+    plain = status()
+    assert plain.returncode == 3 and "cannot reach Redis" in plain.stderr
+    assert "ktrdr demo" not in plain.stderr
 
     (tmp_path / ".ktrdr").mkdir()
     kept_url = f"redis://:pw@127.0.0.1:{free_port()}/0"
     (tmp_path / ".ktrdr" / "stack.env").write_text(f"REDIS_URL={kept_url}\nKTRDR_API_URL=x\n")
-    with pytest.raises(StoreUnavailableError) as hinted:
-        store.ping()
-    message = str(hinted.value)
-    assert "cannot reach Redis" in message and "\n" not in message
-    assert "`set -a; source .ktrdr/stack.env; set +a`" in message
+    hinted = status()
+    assert hinted.returncode == 3
+    assert hinted.stderr.count("\n") == 1  # one line
+    assert "`set -a; source .ktrdr/stack.env; set +a`" in hinted.stderr
 
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REDIS_URL", kept_url)  # this shell already uses the kept stack
     assert kept_stack_hint() == ""
