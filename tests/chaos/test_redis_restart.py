@@ -90,7 +90,7 @@ def test_redis_sigkill_while_training_every_cycle_completes_and_the_worker_survi
     chaos_redis.process.kill(signal.SIGKILL)
     killed_at = time.monotonic()
     chaos_redis.process = chaos_redis.restart_after_kill()
-    records = wait_all(ids, FINAL, timeout=90)
+    records = wait_all(ids, FINAL, timeout=150)
     took = time.monotonic() - killed_at
 
     assert survivor.popen.poll() is None, survivor.log()[-3000:]
