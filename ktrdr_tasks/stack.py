@@ -547,17 +547,21 @@ class Stack:
                 f"(pids {', '.join(map(str, running))}); stop it with "
                 f"`ktrdr demo --stop --data-dir {self.data_dir}`"
             )
-        users = redis_servers_in(self.paths.redis)
-        if users:
-            raise StackError(
-                f"a redis-server (pid {users[0]}) already keeps its data in {self.paths.redis}: "
-                "two servers appending to one AOF mix their histories. Stop it, or give this "
-                "stack another --data-dir"
-            )
+        refuse_shared_redis_dir(self.paths.redis, "give this stack another --data-dir")
 
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def refuse_shared_redis_dir(directory: Path, remedy: str) -> None:
+    """StackError when a running redis-server already keeps its data in `directory`."""
+    users = redis_servers_in(directory)
+    if users:
+        raise StackError(
+            f"a redis-server (pid {users[0]}) already keeps its data in {directory}: two "
+            f"servers appending to one AOF mix their histories. Stop it, or {remedy}"
+        )
 
 
 def redis_servers_in(directory: Path) -> list[int]:
@@ -677,8 +681,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args[:1] == ["serve"]:
         serve_main()
         return
+    if args[:1] == ["redis-dir-free"] and len(args) == 2:
+        # The Procfile's redis line: never a second server on one AOF (a demo pointed there).
+        try:
+            refuse_shared_redis_dir(Path(args[1]), "point this redis-server at another --dir")
+        except StackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(int(EXIT_UNAVAILABLE)) from None
+        return
     if not args or args[0] != "flower":
-        print("usage: python -m ktrdr_tasks.stack flower [flower options] | serve", file=sys.stderr)
+        print(
+            "usage: python -m ktrdr_tasks.stack flower [flower options] | serve | "
+            "redis-dir-free DIR",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     flower_main(args[1:])
 

@@ -291,6 +291,9 @@ def test_procfile_keeps_its_data_in_its_own_git_ignored_directory() -> None:
     assert (
         f"cp -n strategies/*.yaml {paths['worker KTRDR_STRATEGIES_DIR']}/" in procfile()["worker"]
     )
+    # ... and its redis-server starts only where no other one keeps its data.
+    redis_dir = paths["redis --dir"]
+    assert f"python -m ktrdr_tasks.stack redis-dir-free {redis_dir} && exec" in procfile()["redis"]
 
 
 def test_procfile_and_image_install_nothing_the_dockerignore_drops() -> None:

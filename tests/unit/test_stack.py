@@ -353,15 +353,22 @@ def test_a_redis_server_already_in_the_data_directory_refuses_a_second_stack(
     fake.parent.mkdir()
     fake.symlink_to(Path("/bin/sleep").resolve())
     other = subprocess.Popen([str(fake), "30"], cwd=stack.paths.redis, start_new_session=True)
+    check = [sys.executable, "-m", "ktrdr_tasks.stack", "redis-dir-free", str(stack.paths.redis)]
     try:
         wait_until(lambda: redis_servers_in(stack.paths.redis) == [other.pid], 5, "fake redis")
         with pytest.raises(StackError, match="already keeps its data in"):
             stack._refuse_if_running()
+        # The Procfile's redis line runs the same check before it starts redis-server.
+        refused = subprocess.run(check, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 3
+        assert refused.stderr.startswith(f"error: a redis-server (pid {other.pid}) already")
+        assert refused.stderr.count("\n") == 1
     finally:
         other.kill()
         other.wait()
     assert redis_servers_in(stack.paths.redis) == []
     stack._refuse_if_running()
+    assert subprocess.run(check, timeout=60).returncode == 0
 
 
 def test_the_detached_supervisor_rebuilds_the_same_stack(tmp_path: Path) -> None:
