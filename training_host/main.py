@@ -98,6 +98,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--concurrency", type=int, help="trainings at once (KTRDR_TRAINING_CONCURRENCY)"
     )
     parser.add_argument(
+        "--request-timeout",
+        dest="request_timeout_s",
+        type=float,
+        help="seconds a request may take to arrive whole (KTRDR_HOST_REQUEST_TIMEOUT_S, 10)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        help="connections served at once, 503 beyond (KTRDR_HOST_MAX_CONNECTIONS, 100)",
+    )
+    parser.add_argument(
+        "--keep-alive",
+        dest="keep_alive_s",
+        type=int,
+        help="idle keep-alive connections closed after this (KTRDR_HOST_KEEP_ALIVE_S, 5)",
+    )
+    parser.add_argument(
         "--log-level",
         help="DEBUG, INFO, WARNING, ERROR or CRITICAL (KTRDR_LOG_LEVEL, default INFO)",
     )

@@ -387,3 +387,14 @@ def test_host_server_options_bound_connections_and_keep_alive() -> None:
     assert options["timeout_keep_alive"] == 3
     assert issubclass(options["http"], BoundedH11Protocol)
     assert options["http"].request_timeout_s == 7
+
+
+def test_host_limits_are_command_line_options_too() -> None:
+    from training_host.main import parse_args
+    from training_host.server import server_options
+
+    args = parse_args(["--request-timeout", "3", "--max-connections", "7", "--keep-alive", "2"])
+    settings = HostSettings(**{k: v for k, v in vars(args).items() if v is not None})
+    options = server_options(settings)
+    assert (options["http"].request_timeout_s, options["limit_concurrency"]) == (3, 7)
+    assert options["timeout_keep_alive"] == 2
