@@ -35,7 +35,7 @@ from tests.chaos.conftest import (
     wait_for_condition,
     write_strategy,
 )
-from tests.support.environment import apply_env
+from tests.support.environment import apply_env, restored_environment
 from tests.support.fake_training_api import Behaviour
 from tests.support.local_stack import local_stack
 from tests.support.processes import REPO, Process, RedisServer, redis_server
@@ -116,32 +116,29 @@ def test_redis_sigkill_mid_training_under_the_demo_stack_the_cycle_completes(
 ) -> None:
     from ktrdr_tasks import workflow
 
-    with local_stack(tmp_path) as stack:
+    with local_stack(tmp_path) as stack, restored_environment():
         name = _long_strategy(stack.strategies_dir, "redis_kill_demo", epochs=60)
         apply_env(stack.env())
-        try:
-            answer = workflow.trigger(strategy=name, bypass_gates=True)
-            assert answer.triggered, answer
-            op_id = answer.operation_id or ""
+        answer = workflow.trigger(strategy=name, bypass_gates=True)
+        assert answer.triggered, answer
+        op_id = answer.operation_id or ""
 
-            def training() -> bool:
-                meta = workflow.status(op_id)["metadata"]
-                return meta.get("training_status") == "running"
+        def training() -> bool:
+            meta = workflow.status(op_id)["metadata"]
+            return meta.get("training_status") == "running"
 
-            wait_for_condition(training, 90, "training to run on the host")
-            redis_before = stack.supervisor.children["redis"]
-            worker_pid = stack.supervisor.children["worker"].pid
-            redis_before.kill(signal.SIGKILL)
-            killed_at = time.monotonic()
-            wait_for_condition(
-                lambda: stack.supervisor.children["redis"] is not redis_before, 15, "restart"
-            )
-            restarted_in = time.monotonic() - killed_at
-            final = _wait_status(op_id, timeout=240)
-            took = time.monotonic() - killed_at
-            jobs = httpx.get(f"{stack.api_url}/api/v1/operations", timeout=5).json()["data"]
-        finally:
-            apply_env({})
+        wait_for_condition(training, 90, "training to run on the host")
+        redis_before = stack.supervisor.children["redis"]
+        worker_pid = stack.supervisor.children["worker"].pid
+        redis_before.kill(signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for_condition(
+            lambda: stack.supervisor.children["redis"] is not redis_before, 15, "restart"
+        )
+        restarted_in = time.monotonic() - killed_at
+        final = _wait_status(op_id, timeout=240)
+        took = time.monotonic() - killed_at
+        jobs = httpx.get(f"{stack.api_url}/api/v1/operations", timeout=5).json()["data"]
 
         assert final["status"] == "completed", final
         [job] = [job for job in jobs if job["strategy_name"] == name]  # one remote job

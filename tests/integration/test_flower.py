@@ -19,6 +19,7 @@ import yaml
 
 from ktrdr_tasks.stack import FLOWER_USER, Stack, free_port
 from ktrdr_tasks.steps import Step
+from tests.support.environment import restored_environment
 from tests.support.local_stack import local_stack
 from tests.support.processes import BIN, start, wait_until
 
@@ -37,7 +38,7 @@ CHAIN_HEAD = (
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with local_stack(tmp_path_factory.mktemp("flower-stack")) as started:
+    with restored_environment(), local_stack(tmp_path_factory.mktemp("flower-stack")) as started:
         yield started
 
 
