@@ -3,7 +3,7 @@
 Setup (so that N cycles are in the training phase within seconds, not N designs later): for
 each cycle the benchmark writes the operation record as `start_training` leaves it (status
 running, phase training, step START_TRAINING, the strategy, training params, training
-operation id, deadline, `poll_errors: 0`), registers the remote job with the fast API, and
+operation id, and the deadline in its bookkeeping), registers the remote job with the fast API, and
 enqueues only the rest of the chain, `chain_of(op_id, chain_task_ids(POLL_TRAINING))`,
 with its first poll spread uniformly over one interval (as cycles started at random times
 would be). Each remote job starts up to one interval before its first poll and runs
@@ -55,6 +55,7 @@ def _training_record(op_id: str, training_id: str, task_ids: list[str]) -> Any:
     """The operation as `start_training` leaves it (see `cycle.run_start_training`)."""
     from ktrdr_tasks.cycle import Step
     from ktrdr_tasks.models import (
+        Bookkeeping,
         Operation,
         OperationStatus,
         Phase,
@@ -88,11 +89,12 @@ def _training_record(op_id: str, training_id: str, task_ids: list[str]) -> Any:
                 "start_date": "2017-05-01",
                 "end_date": "2018-02-01",
             },
-            "training_start_requested_at": iso(now),
             "training_operation_id": training_id,
-            "training_deadline_ts": time.time() + settings.training_timeout_s,
-            "poll_errors": 0,
         },
+        bookkeeping=Bookkeeping(
+            training_start_requested_at=iso(now),
+            training_deadline_ts=time.time() + settings.training_timeout_s,
+        ),
     )
 
 
