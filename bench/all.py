@@ -36,9 +36,11 @@ _BEFORE = [
 ]
 CONFIGS = {
     # The project's default worker command (Procfile, compose, README).
-    "default": ["--pool", "threads", "--concurrency", "8", "--workers", "2"],
-    # One prefork node of 4 (the best polling worker before).
-    "prefork4": ["--pool", "prefork", "--concurrency", "4", "--workers", "1"],
+    "default": ["--pool", "prefork", "--concurrency", "4", "--workers", "1"],
+    "prefork3": ["--pool", "prefork", "--concurrency", "3", "--workers", "1"],
+    "prefork2": ["--pool", "prefork", "--concurrency", "2", "--workers", "1"],
+    # Two single-core nodes of threads (one per core: two worker commands).
+    "threads2x8": ["--pool", "threads", "--concurrency", "8", "--workers", "2"],
     "before": ["--pool", "prefork", "--concurrency", "2", "--workers", "1", *_BEFORE],
     "before-tuned": [
         "--pool",
@@ -66,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--per-poll-configs", default="default,before", help="workers of the per-poll runs"
+    )
+    parser.add_argument(
+        "--per-poll-celery-cycles", type=int, default=500, help="0: per-poll in-process only"
+    )
+    parser.add_argument(
+        "--extra", default="", help="config=N,N;... more polling runs, e.g. 'prefork3=2000'"
     )
     parser.add_argument("--plot", type=Path, default=Path("docs/poll_lag.png"))
     parser.add_argument("--results", type=Path, help="also write every result here (JSON)")
@@ -117,6 +125,12 @@ def plot(polling: dict[str, list[dict[str, Any]]], path: Path, interval: float) 
     print(f"plot: {path}")
 
 
+def _polling(config: str, cycles: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    options = ["--cycles", str(cycles), "--interval", f"{args.interval:g}"]
+    options += ["--job-seconds", f"{args.job_seconds:g}", *CONFIGS[config]]
+    return _bench("polling", options, out / f"polling-{config}-{cycles}.json")
+
+
 def run(args: argparse.Namespace) -> int:
     configs = [name.strip() for name in args.configs.split(",") if name.strip()]
     counts = [int(n) for n in args.cycles.split(",") if n.strip()]
@@ -127,24 +141,17 @@ def run(args: argparse.Namespace) -> int:
             "overhead", ["--cycles", str(args.overhead_cycles)], out / "overhead.json"
         )
         for config in configs:
-            results["polling"][config] = [
-                _bench(
-                    "polling",
-                    [
-                        "--cycles",
-                        str(n),
-                        "--interval",
-                        f"{args.interval:g}",
-                        "--job-seconds",
-                        f"{args.job_seconds:g}",
-                        *CONFIGS[config],
-                    ],
-                    out / f"polling-{config}-{n}.json",
-                )
-                for n in counts
-            ]
+            results["polling"][config] = [_polling(config, n, args, out) for n in counts]
+        for item in filter(None, args.extra.split(";")):
+            config, _, extra_counts = item.partition("=")
+            results["polling"].setdefault(config, []).extend(
+                _polling(config, int(n), args, out) for n in extra_counts.split(",")
+            )
+        per_poll_options = ["--celery-cycles", str(args.per_poll_celery_cycles)]
         results["per_poll"] = {
-            config: _bench("per-poll", CONFIGS[config], out / f"per_poll-{config}.json")
+            config: _bench(
+                "per-poll", [*per_poll_options, *CONFIGS[config]], out / f"per_poll-{config}.json"
+            )
             for config in args.per_poll_configs.split(",")
             if config.strip()
         }
