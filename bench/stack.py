@@ -107,6 +107,13 @@ class Stack:
             "BENCH_RESCHEDULE": options.reschedule,
             **options.extra_env,
         }
+        if env.get("BENCH_HIREDIS") == "0":
+            # The celery command imports redis-py before the app module: hide hiredis from
+            # interpreter start (a sitecustomize on the worker's path).
+            site = self.log_dir / "no-hiredis"
+            site.mkdir(exist_ok=True)
+            (site / "sitecustomize.py").write_text("import sys\nsys.modules['hiredis'] = None\n")
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
         started = []
         for index in range(options.processes):
             argv = [
