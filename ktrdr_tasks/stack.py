@@ -441,7 +441,7 @@ class Stack:
         if role == "worker":
             argv += [
                 "--concurrency",
-                "2",
+                "4",
                 "--hostname",
                 f"ktrdr-demo-{self.redis_port}@%h",
                 "--without-mingle",
