@@ -20,7 +20,7 @@ from training_host import __version__
 from training_host.jobs import JobRunner
 from training_host.middleware import BodySizeLimit
 from training_host.operations import OperationRegistry
-from training_host.routes import health, operations, trainings
+from training_host.routes import backtests, health, operations, trainings
 from training_host.settings import HostSettings
 
 API_PREFIX = "/api/v1"
@@ -77,7 +77,7 @@ def create_app(settings: HostSettings | None = None) -> FastAPI:
     app.state.settings, app.state.registry, app.state.runner = settings, registry, runner
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for module in (trainings, operations, health):
+    for module in (trainings, backtests, operations, health):
         app.include_router(module.router, prefix=API_PREFIX)
     return app
 
