@@ -98,6 +98,34 @@ class Settings(BaseSettings):
     gate_min_sharpe: float = Field(
         -0.5, validation_alias=_env("KTRDR_GATE_MIN_SHARPE", "BACKTEST_GATE_MIN_SHARPE")
     )
+    # Backtest phase: the out-of-sample window (default: right after the training window,
+    # see ktrdr_tasks.backtest.backtest_window), the evidence floor and the baseline lift.
+    backtest_start_date: str | None = Field(
+        None, validation_alias=_env("KTRDR_BACKTEST_START_DATE", "AGENT_BACKTEST_START_DATE")
+    )
+    backtest_end_date: str | None = Field(
+        None, validation_alias=_env("KTRDR_BACKTEST_END_DATE", "AGENT_BACKTEST_END_DATE")
+    )
+    gate_min_trades: int = Field(
+        1, ge=0, validation_alias=_env("KTRDR_GATE_MIN_TRADES", "BACKTEST_GATE_MIN_TRADES")
+    )
+    gate_min_lift: float | None = Field(
+        None, validation_alias=_env("KTRDR_GATE_MIN_LIFT", "TRAINING_GATE_MIN_LIFT")
+    )
+
+    @field_validator("backtest_start_date", "backtest_end_date", mode="before")
+    @classmethod
+    def _backtest_date(cls, value: object) -> object:
+        if value in (None, ""):
+            return None
+        if not _DATE.match(str(value)):
+            raise ValueError(f"expected a date as YYYY-MM-DD, got {value!r}")
+        return str(value)
+
+    @field_validator("gate_min_lift", mode="before")
+    @classmethod
+    def _lift_blank_is_off(cls, value: object) -> object:
+        return None if value in (None, "") else value
 
     designer: Literal["builtin", "anthropic"] = Field(
         "builtin", validation_alias=_env("KTRDR_DESIGNER")
