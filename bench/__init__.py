@@ -3,6 +3,7 @@
 # name -> module exposing `add_arguments(parser)` and `run(args) -> int`.
 BENCHMARKS: dict[str, str] = {
     "training": "bench.training",
+    "backtest": "bench.backtest",
     "overhead": "bench.overhead",
     "polling": "bench.polling",
     "per-poll": "bench.per_poll",

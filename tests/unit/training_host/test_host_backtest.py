@@ -14,6 +14,7 @@ import yaml
 
 from training_host import artifacts
 from training_host.backtest import (
+    BATCH_BARS,
     FLAT,
     LONG,
     BacktestJob,
@@ -26,14 +27,17 @@ from training_host.backtest import (
     performance_metrics,
     periods_per_year,
     resolve_model_dir,
+    run_backtest,
     simulate,
     trade_model,
 )
-from training_host.errors import NoDataError, TrainingFailed
+from training_host.errors import NoDataError, TrainingCancelled, TrainingFailed
 from training_host.features import build_inputs
+from training_host.jobs import JobContext
 from training_host.labels import BUY, HOLD, SELL
 from training_host.market_data import read_csv_bars
 from training_host.model import build_mlp
+from training_host.operations import OperationRegistry
 from training_host.pipeline import strategy_features
 
 REPO = Path(__file__).resolve().parents[3]
@@ -345,3 +349,52 @@ def test_no_look_ahead_changing_later_bars_never_changes_an_earlier_decision(
     assert moved.signals[:upto] == original.signals[:upto]
     assert {BUY, SELL} <= set(original.signals[:upto])  # real decisions, not all HOLD
     assert moved.signals != original.signals or moved.equity != original.equity
+
+
+def _running(registry: OperationRegistry) -> JobContext:
+    operation, _ = registry.create({}, operation_type="backtesting")
+    registry.mark_running(operation.operation_id)
+    return JobContext(operation.operation_id, registry)
+
+
+def test_run_backtest_returns_ktrdrs_result_and_reports_live_progress(tmp_path: Path) -> None:
+    directory = _model_dir(tmp_path / "models")
+    registry = OperationRegistry()
+    context = _running(registry)
+    job = BacktestJob(
+        "bt_example", "EURUSD", "1h", "2018-01-02", "2018-02-07", str(directory), Costs()
+    )
+    result = run_backtest(job, context, models_dir=tmp_path / "models", data_dir=None)
+    assert set(result["metrics"]) == KTRDR_KEYS
+    assert result["trade_count"] == result["metrics"]["total_trades"] > 0
+    assert result["config"] == {
+        "start_date": "2018-01-02",
+        "end_date": "2018-02-07",
+        "initial_capital": 100_000.0,
+        "commission": 0.001,
+        "slippage": 0.0005,
+    }
+    progress = registry.get(context.operation_id)["progress"]
+    assert progress["steps_completed"] == progress["steps_total"] == result["equity_curve_length"]
+    assert {"bars_processed", "trades", "total_return_pct", "equity"} <= set(progress["context"])
+
+
+def test_cancel_stops_the_backtest_within_a_batch_of_bars(tmp_path: Path) -> None:
+    directory = _model_dir(tmp_path / "models")
+    registry = OperationRegistry()
+    context = _running(registry)
+    report = registry.update_progress
+
+    def cancel_after_first_batch(operation_id: str, **progress: object) -> None:
+        report(operation_id, **progress)
+        if progress.get("steps_completed"):
+            context.cancel_event.set()
+
+    registry.update_progress = cancel_after_first_batch  # type: ignore[method-assign]
+    job = BacktestJob(
+        "bt_example", "EURUSD", "1h", "2017-06-01", "2018-02-07", str(directory), Costs()
+    )
+    with pytest.raises(TrainingCancelled):
+        run_backtest(job, context, models_dir=tmp_path / "models", data_dir=None)
+    progress = registry.get(context.operation_id)["progress"]
+    assert progress["steps_completed"] == BATCH_BARS < progress["steps_total"]
