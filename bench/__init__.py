@@ -4,6 +4,7 @@
 BENCHMARKS: dict[str, str] = {
     "training": "bench.training",
     "backtest": "bench.backtest",
+    "verdicts": "bench.verdicts",
     "overhead": "bench.overhead",
     "polling": "bench.polling",
     "per-poll": "bench.per_poll",

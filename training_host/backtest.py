@@ -487,7 +487,8 @@ def trade_model(
     Inputs of bar t hold nothing after t, and the position a decision sees is the one the
     earlier bars left, so the decision at t depends only on bars up to t.
     """
-    values, prices, index = inputs.to_numpy(dtype=np.float32), close.to_numpy(), inputs.index
+    values = inputs.to_numpy(dtype=np.float32, copy=True)
+    prices, index = close.to_numpy(), inputs.index
     simulation = Simulation(costs)
     for first in range(0, len(index), BATCH_BARS):
         last = min(first + BATCH_BARS, len(index))
