@@ -3,8 +3,9 @@
 The chain's backtest steps (start, poll, gate) call these: `backtest_window` picks the
 out-of-sample dates (after the training window unless configured, never overlapping it),
 `backtest_request` builds ktrdr's start request from what training left in the record,
-`backtest_progress` maps a backtest's own report onto the cycle's 90-98 %, and
-`backtest_summary` keeps the figures the record and `agent history` show.
+`backtest_progress` maps a backtest's own report onto the cycle's 90-98 %, `read_backtest`
+says what one poll found, and `backtest_summary` keeps the figures the record and
+`agent history` show.
 """
 
 from __future__ import annotations
@@ -136,6 +137,39 @@ def backtest_progress(remote: RemoteOperation) -> Progress:
         current_step=step,
         context=context,
     )
+
+
+@dataclass(frozen=True)
+class BacktestPoll:
+    """What one poll of the backtest operation found: `running`, `completed` or `failed`."""
+
+    state: str
+    progress: Progress
+    result: dict[str, Any] | None = None
+    message: str | None = None
+
+
+def read_backtest(remote: RemoteOperation, backtest_id: str) -> BacktestPoll:
+    """One poll judged. A `completed` answer without metrics reads as still running: a ktrdr
+    backend can sync its result a moment after the status (the caller bounds the re-reads).
+    """
+    progress = backtest_progress(remote)
+    if remote.is_running:
+        return BacktestPoll("running", progress)
+    if remote.status == "completed":
+        result = remote.result_summary or {}
+        if not isinstance(result.get("metrics"), Mapping) or not result["metrics"]:
+            return BacktestPoll("running", progress, message="completed without metrics yet")
+        done = Progress(
+            percentage=BACKTEST_START + BACKTEST_SPAN,
+            current_step="Backtest completed",
+            context=progress.context,
+        )
+        return BacktestPoll("completed", done, result=dict(result))
+    reason = remote.error_message or "no error message given"
+    if remote.status == "cancelled":
+        reason = f"it was cancelled on the training service ({reason})"
+    return BacktestPoll("failed", progress, message=f"backtest {backtest_id} failed: {reason}")
 
 
 def backtest_summary(result_summary: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -232,3 +232,76 @@ def test_summary_keeps_trades_return_sharpe_drawdown() -> None:
         "win_rate": 0.5,
     }
     assert backtest_summary(None)["trades"] is None
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def test_backtest_settings_read_ktrdrs_names_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ktrdr_tasks.gates import BacktestThresholds
+    from ktrdr_tasks.settings import Settings
+
+    monkeypatch.setenv("AGENT_BACKTEST_START_DATE", "2018-02-02")
+    monkeypatch.setenv("KTRDR_BACKTEST_END_DATE", "2018-02-07")
+    monkeypatch.setenv("KTRDR_GATE_MIN_TRADES", "3")
+    monkeypatch.setenv("KTRDR_GATE_MIN_LIFT", "0.02")
+    monkeypatch.setenv("BACKTEST_GATE_MAX_DRAWDOWN", "0.25")
+    monkeypatch.setenv("BACKTEST_GATE_MIN_SHARPE", "0")
+    settings = Settings()
+    assert (settings.backtest_start_date, settings.backtest_end_date) == (
+        "2018-02-02",
+        "2018-02-07",
+    )
+    assert settings.gate_min_lift == 0.02
+    assert BacktestThresholds.from_settings(settings) == BacktestThresholds(0.45, 0.25, 0.0, 3)
+    window = backtest_window(
+        "2017-05-01",
+        "2018-02-01",
+        start=settings.backtest_start_date,
+        end=settings.backtest_end_date,
+        today=TODAY,
+    )
+    assert window == BacktestWindow("2018-02-02", "2018-02-07")
+
+
+def test_backtest_settings_defaults_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from ktrdr_tasks.settings import Settings
+
+    settings = Settings()
+    assert settings.backtest_start_date is None and settings.backtest_end_date is None
+    assert settings.gate_min_trades == 1 and settings.gate_min_lift is None
+    monkeypatch.setenv("KTRDR_GATE_MIN_LIFT", "")
+    assert Settings().gate_min_lift is None
+    monkeypatch.setenv("KTRDR_BACKTEST_START_DATE", "02/02/2018")
+    with pytest.raises(ValidationError, match="YYYY-MM-DD"):
+        Settings()
+    monkeypatch.delenv("KTRDR_BACKTEST_START_DATE")
+    monkeypatch.setenv("KTRDR_GATE_MIN_TRADES", "-1")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+# -- one poll -----------------------------------------------------------------------------------
+
+
+def _remote(status: str, **fields: object) -> RemoteOperation:
+    return RemoteOperation.model_validate({"status": status, **fields})
+
+
+def test_a_poll_reads_running_completed_failed_and_cancelled() -> None:
+    from ktrdr_tasks.backtest import read_backtest
+
+    assert read_backtest(_remote("running"), "op_b").state == "running"
+    assert read_backtest(_remote("resuming"), "op_b").state == "running"
+    result = {"symbol": "EURUSD", "metrics": {"total_trades": 3}}
+    done = read_backtest(_remote("completed", result_summary=result), "op_b")
+    assert (done.state, done.result, done.progress.percentage) == ("completed", result, 98.0)
+    late = read_backtest(_remote("completed", result_summary={"symbol": "EURUSD"}), "op_b")
+    assert late.state == "running" and late.message == "completed without metrics yet"
+    failed = read_backtest(_remote("failed", error_message="No data for EURUSD 1h"), "op_b")
+    assert failed.state == "failed"
+    assert failed.message == "backtest op_b failed: No data for EURUSD 1h"
+    cancelled = read_backtest(_remote("cancelled", error_message="Cancelled by request"), "op_b")
+    assert cancelled.state == "failed" and "cancelled on the training service" in cancelled.message
