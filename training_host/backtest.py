@@ -381,10 +381,13 @@ def load_trained_model(directory: Path) -> TrainedModel:
             float(info["dropout"]),
         )
         network.load_state_dict(state["state_dict"])
+        feature_names = [str(name) for name in state["feature_names"]]
     except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise TrainingFailed(f"Model {directory} cannot be loaded from model.pt: {exc}") from exc
     network.eval()
     document = _read_json(directory / "config.json")
+    if not isinstance(document, dict):
+        raise TrainingFailed(f"Model {directory} has a config.json that is not a strategy")
     try:
         config = check_strategy(document, source=f"{directory.name}/config.json")
     except StrategyError as exc:
@@ -395,7 +398,7 @@ def load_trained_model(directory: Path) -> TrainedModel:
     return TrainedModel(
         directory=directory,
         network=network,
-        feature_names=[str(name) for name in state["feature_names"]],
+        feature_names=feature_names,
         config=config,
         timeframes=timeframes,
         rules=DecisionRules.from_section(document.get("decisions")),
@@ -452,7 +455,9 @@ def backtest_inputs(
             tf: load_bars(job.symbol, tf, warmup_start, job.end_date, data_dir) for tf in timeframes
         }
     except NoDataError as exc:
-        raise NoDataError(f"No data for {job.symbol} {requested}: {exc}") from exc
+        # ktrdr's words ("No data for EURUSD 1h"), then what the data does cover.
+        detail = str(exc).split(": ", 1)[-1] if str(exc).startswith("No data found") else exc
+        raise NoDataError(f"No data for {job.symbol} {requested}: {detail}") from exc
     base = base_timeframe(timeframes)
     window = (bars[base].index >= start) & (bars[base].index < end)
     if not window.any():
@@ -464,8 +469,9 @@ def backtest_inputs(
     if list(inputs.columns) != model.feature_names:
         raise TrainingFailed(
             f"Model {model.directory} expects {len(model.feature_names)} features "
-            f"({', '.join(model.feature_names[:4])}, ...) but its strategy now gives "
-            f"{len(inputs.columns)} ({', '.join(list(inputs.columns)[:4])}, ...)"
+            f"({', '.join(model.feature_names[:4])}, ...) but its config.json gives "
+            f"{len(inputs.columns)} here ({', '.join(list(inputs.columns)[:4])}, ...): it was "
+            "trained by another feature pipeline; retrain it"
         )
     return inputs[window], bars[base]["close"][window]
 
