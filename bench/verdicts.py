@@ -3,7 +3,9 @@
 In-process on the reference host's bars, no Redis or HTTP. Each strategy trains on the
 first `1 - --holdout` of its own date range, is backtested on the rest (the day after the
 training end to the strategy's end date: the chain's default window when the strategy's
-dates end earlier than the data), and is judged by both gates with the default thresholds.
+dates end earlier than the data; `--holdout 0` trains on all of them and backtests from the
+day after to today, exactly the chain's default), and is judged by both gates with the
+default thresholds.
 Prints one row per strategy (test accuracy, majority-class share of the test labels, lift,
 trades, return, Sharpe, drawdown, both gates' outcomes; the backtest runs whatever the
 training gate said) and the last line `passed=<P>/<N>` (both gates).
@@ -41,7 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies-dir", type=Path, default=Path("strategies"))
     parser.add_argument("--designed", type=int, default=10, help="designed strategies to add")
     parser.add_argument("--seed", type=int, default=0, help="seed of the built-in designer")
-    parser.add_argument("--holdout", type=float, default=0.15, help="share kept out of sample")
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        default=0.15,
+        help="share of each strategy's dates kept out of sample; 0: the chain's default window",
+    )
     parser.add_argument("--threads", type=int, default=1)
 
 
@@ -53,6 +60,8 @@ def _context(registry: OperationRegistry, kind: str) -> JobContext:
 
 def _split_dates(start: str, end: str, holdout: float) -> tuple[str, str, str]:
     first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    if holdout <= 0:
+        return start, end, end
     train_end = first + dt.timedelta(days=int((last - first).days * (1.0 - holdout)))
     return first.isoformat(), train_end.isoformat(), last.isoformat()
 
@@ -82,7 +91,10 @@ def _judge(
         return {**row, "verdict": f"training failed: {str(exc)[:60]}"}
     training = judge_training_result(trained, TrainingThresholds())
     row.update(training.metrics)
-    window = backtest_window(start, train_end, end=end, today=dt.date.fromisoformat(end))
+    if holdout > 0:
+        window = backtest_window(start, train_end, end=end, today=dt.date.fromisoformat(end))
+    else:  # the chain's default: from the day after the training window to today
+        window = backtest_window(start, train_end, today=dt.datetime.now(dt.UTC).date())
     backtest_job = BacktestJob(
         name, symbol, timeframe, window.start_date, window.end_date, trained["model_path"], Costs()
     )
