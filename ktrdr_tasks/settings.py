@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     backtest_end_date: str | None = Field(
         None, validation_alias=_env("KTRDR_BACKTEST_END_DATE", "AGENT_BACKTEST_END_DATE")
     )
+    backtest_timeout_s: float = Field(
+        600.0, gt=0, validation_alias=_env("KTRDR_BACKTEST_TIMEOUT_S")
+    )
     gate_min_trades: int = Field(
         1, ge=0, validation_alias=_env("KTRDR_GATE_MIN_TRADES", "BACKTEST_GATE_MIN_TRADES")
     )

@@ -272,6 +272,7 @@ def test_backtest_settings_defaults_and_refusals(monkeypatch: pytest.MonkeyPatch
     settings = Settings()
     assert settings.backtest_start_date is None and settings.backtest_end_date is None
     assert settings.gate_min_trades == 1 and settings.gate_min_lift is None
+    assert settings.backtest_timeout_s == 600
     monkeypatch.setenv("KTRDR_GATE_MIN_LIFT", "")
     assert Settings().gate_min_lift is None
     monkeypatch.setenv("KTRDR_BACKTEST_START_DATE", "02/02/2018")
