@@ -201,6 +201,7 @@ class Simulation:
     ledger: Ledger = field(init=False)
     equity: list[float] = field(default_factory=list)
     signals: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # FLAT or LONG after each bar
     last_trade_time: pd.Timestamp | None = None
 
     def __post_init__(self) -> None:
@@ -221,12 +222,14 @@ class Simulation:
         if traded:
             self.last_trade_time = when
         self.signals.append(signal)
+        self.positions.append(self.ledger.position)
         self.equity.append(self.ledger.equity(close))
 
     def finish(self, when: pd.Timestamp, close: float) -> None:
         """Close what is still open on the last bar, as ktrdr does, so every trade counts."""
         if self.ledger.sell(when, close) is not None and self.equity:
             self.equity[-1] = self.ledger.equity(close)
+            self.positions[-1] = FLAT
 
 
 def simulate(

@@ -152,6 +152,7 @@ RETURNS = [0.0, 100 / 1000, -50 / 1100, -60 / 1050, 0.0, 110 / 990, 110 / 1100]
 
 def test_simulation_positions_trades_and_equity_by_hand() -> None:
     simulation = simulate(hours(7), PRICES, scripted(SIGNALS), FREE)
+    assert simulation.positions == [LONG, LONG, LONG, FLAT, LONG, LONG, FLAT]
     assert simulation.equity == pytest.approx(EQUITY)
     trades = simulation.ledger.trades
     assert [(t.entry_price, t.exit_price, t.quantity) for t in trades] == [
@@ -197,6 +198,13 @@ def test_metrics_by_hand() -> None:
         "avg_loss_holding_period": 3.0,
     }
     assert metrics == pytest.approx(expected)
+
+
+def test_redundant_signals_do_not_move_the_position_even_without_awareness() -> None:
+    signals = [SELL, BUY, BUY, SELL, SELL, HOLD]  # SELL from flat, BUY while long: no-ops
+    simulation = simulate(hours(6), [100.0] * 6, scripted(signals), FREE)
+    assert simulation.positions == [FLAT, LONG, LONG, FLAT, FLAT, FLAT]
+    assert len(simulation.ledger.trades) == 1
 
 
 def test_fees_lower_the_return_by_what_they_cost() -> None:
