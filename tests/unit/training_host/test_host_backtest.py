@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from training_host import artifacts
 from training_host.backtest import (
@@ -406,3 +408,48 @@ def test_cancel_stops_the_backtest_within_a_batch_of_bars(tmp_path: Path) -> Non
         run_backtest(job, context, models_dir=tmp_path / "models", data_dir=None)
     progress = registry.get(context.operation_id)["progress"]
     assert progress["steps_completed"] == BATCH_BARS < progress["steps_total"]
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+prices_st = st.lists(st.floats(50.0, 150.0), min_size=2, max_size=60)
+signals_st = st.lists(st.sampled_from([BUY, HOLD, SELL]), min_size=60, max_size=60)
+COSTLY = Costs(10_000.0, commission=0.002, slippage=0.001, position_fraction=0.5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(prices_st, signals_st)
+def test_every_currency_unit_gained_or_lost_is_in_a_trade(prices: list[float], signals) -> None:
+    simulation = simulate(hours(len(prices)), prices, scripted(signals), COSTLY)
+    net = sum(trade.net_pnl for trade in simulation.ledger.trades)
+    assert simulation.equity[-1] - COSTLY.initial_capital == pytest.approx(net, abs=1e-6)
+    metrics = performance_metrics(
+        simulation.equity,
+        simulation.ledger.trades,
+        COSTLY.initial_capital,
+        years=1,
+        bars_per_year=252,
+    )
+    assert metrics["winning_trades"] + metrics["losing_trades"] <= metrics["total_trades"]
+    assert 0.0 <= metrics["max_drawdown_pct"] <= 1.0
+    assert all(math.isfinite(float(value)) for value in metrics.values())
+
+
+@settings(max_examples=100, deadline=None)
+@given(prices_st, signals_st, st.data())
+def test_equity_up_to_a_bar_never_depends_on_later_prices(
+    prices: list[float], signals, data
+) -> None:
+    cut = data.draw(st.integers(0, len(prices) - 2))
+    later = data.draw(
+        st.lists(
+            st.floats(50.0, 150.0), min_size=len(prices) - cut - 1, max_size=len(prices) - cut - 1
+        )
+    )
+    changed = prices[: cut + 1] + later
+    first = simulate(hours(len(prices)), prices, scripted(signals), COSTLY)
+    second = simulate(hours(len(prices)), changed, scripted(signals), COSTLY)
+    # The last bar closes what is open, so only bars before it are fixed by their past.
+    upto = min(cut + 1, len(prices) - 1)
+    assert first.equity[:upto] == second.equity[:upto]
+    assert first.positions[:upto] == second.positions[:upto]
