@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ktrdr_tasks.errors import ConfigurationError
-from ktrdr_tasks.gates import extract_backtest_metrics, finite_number
-from ktrdr_tasks.models import Progress
+from ktrdr_tasks.gates import extract_backtest_metrics
+from ktrdr_tasks.models import Progress, finite_number
 from ktrdr_tasks.training_api import RemoteOperation, StartBacktestRequest
 
 BACKTEST_START = 90.0

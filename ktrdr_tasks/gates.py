@@ -13,23 +13,16 @@ that learnt nothing. `min_lift` (off by default) asks for accuracy above it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from ktrdr_tasks.models import finite_number
 
 if TYPE_CHECKING:
     from ktrdr_tasks.settings import Settings
 
 PASSED = "passed"
-
-
-def finite_number(value: object) -> float | None:
-    """A real, finite number, else None: NaN, infinities, bools and strings are no metric."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)

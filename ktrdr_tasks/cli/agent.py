@@ -9,8 +9,7 @@ import click
 
 from ktrdr_tasks import workflow
 from ktrdr_tasks.cli.follow import follow_operation, one_line
-
-EXIT_REFUSED = 1
+from ktrdr_tasks.errors import EXIT_CYCLE_NOT_COMPLETED as EXIT_REFUSED
 
 
 def _print_json(value: Any) -> None:
