@@ -13,15 +13,27 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ktrdr_tasks.errors import ConfigurationError
 from ktrdr_tasks.gates import extract_backtest_metrics
 from ktrdr_tasks.models import Progress, finite_number
-from ktrdr_tasks.training_api import RemoteOperation, StartBacktestRequest
+from ktrdr_tasks.progress import RemoteOperationView
+from ktrdr_tasks.steps import Step
 
-BACKTEST_START = 90.0
-BACKTEST_SPAN = 8.0  # the backtest itself: 90 -> 98 %, the gate writes 98
+BACKTEST_START = Step.POLL_BACKTEST.start
+BACKTEST_SPAN = Step.POLL_BACKTEST.span
+
+
+class RemoteBacktestView(RemoteOperationView, Protocol):
+    """What a poll reads of the backtest operation (`training_api.RemoteOperation` fits)."""
+
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def result_summary(self) -> dict[str, Any] | None: ...
+    @property
+    def is_running(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -88,8 +100,9 @@ def backtest_request(
     timeframes: Sequence[str],
     model_path: str,
     window: BacktestWindow,
-) -> StartBacktestRequest:
-    """ktrdr backtests one symbol on one timeframe: the first of each the model trained on.
+) -> dict[str, Any]:
+    """The fields of ktrdr's start request (`training_api.StartBacktestRequest`): one symbol
+    on one timeframe, the first of each the model trained on.
 
     `model_path` goes back exactly as the training returned it (relative on a ktrdr backend).
     """
@@ -97,14 +110,14 @@ def backtest_request(
         raise ConfigurationError(
             f"cannot backtest {strategy_name}: its training named no symbol or no timeframe"
         )
-    return StartBacktestRequest(
-        strategy_name=strategy_name,
-        symbol=symbols[0],
-        timeframe=timeframes[0],
-        model_path=model_path,
-        start_date=window.start_date,
-        end_date=window.end_date,
-    )
+    return {
+        "strategy_name": strategy_name,
+        "symbol": symbols[0],
+        "timeframe": timeframes[0],
+        "model_path": model_path,
+        "start_date": window.start_date,
+        "end_date": window.end_date,
+    }
 
 
 def backtest_percentage(remote_percentage: float | None) -> float:
@@ -117,7 +130,7 @@ _COUNTS = ("bars_processed", "bars_total", "trades")
 _LIVE = (*_COUNTS, "total_return_pct", "equity")
 
 
-def backtest_progress(remote: RemoteOperation) -> Progress:
+def backtest_progress(remote: RemoteOperationView) -> Progress:
     """Bars processed, trades and return so far, as far as the backtest service tells."""
     context: dict[str, Any] = {}
     remote_context: Mapping[str, Any] = remote.progress.context
@@ -149,7 +162,7 @@ class BacktestPoll:
     message: str | None = None
 
 
-def read_backtest(remote: RemoteOperation, backtest_id: str) -> BacktestPoll:
+def read_backtest(remote: RemoteBacktestView, backtest_id: str) -> BacktestPoll:
     """One poll judged. A `completed` answer without metrics reads as still running: a ktrdr
     backend can sync its result a moment after the status (the caller bounds the re-reads).
     """

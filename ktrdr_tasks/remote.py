@@ -24,7 +24,7 @@ log = logging.getLogger("ktrdr_tasks.remote")
 
 CANCEL_TASK = "ktrdr.cancel_training"
 CANCEL_MAX_RETRIES = 120
-# What `training_status` says once nothing runs remotely: no cancel needed.
+# What `training_status` / `backtest_status` say once nothing runs remotely: no cancel needed.
 REMOTE_ENDED = frozenset({"completed", "failed", "cancelled", "not_found"})
 
 Requeue = Callable[[str, str], None]
@@ -61,19 +61,23 @@ def cancel_orphaned_job(
     """A cycle that failed or was cancelled with a remote job possibly running: cancel it.
 
     Only an ended cycle qualifies: the remote job of a running cycle is its live chain's, and
-    a completed cycle's job has completed. Returns the training id cancelled, if any.
+    a completed cycle's job has completed. The remote jobs are the training and, once it
+    started, the backtest (`<job>_status` says when one is known to be over). Returns the id
+    of the job cancelled, if any (the backtest's when both were).
     """
-    if (
-        operation is None
-        or not operation.training_operation_id
-        or operation.status not in (OperationStatus.FAILED, OperationStatus.CANCELLED)
-        or operation.metadata.get("training_status") in REMOTE_ENDED
+    if operation is None or operation.status not in (
+        OperationStatus.FAILED,
+        OperationStatus.CANCELLED,
     ):
         return None
-    training_id = operation.training_operation_id
     reason = f"cycle {operation.operation_id} {operation.status.value}"
-    cancel_remote(client, training_id, reason, requeue)
-    return training_id
+    cancelled = None
+    for job in ("training", "backtest"):
+        job_id = operation.metadata.get(f"{job}_operation_id")
+        if job_id and operation.metadata.get(f"{job}_status") not in REMOTE_ENDED:
+            cancel_remote(client, job_id, reason, requeue)
+            cancelled = job_id
+    return cancelled
 
 
 @app.task(name=CANCEL_TASK, bind=True, max_retries=CANCEL_MAX_RETRIES)

@@ -135,7 +135,7 @@ def _run_leased(
                     services.client, store.find(operation_id), services.requeue_cancel
                 )
             return Ended(f"cycle {entered}")
-        if step is not Step.POLL_TRAINING:
+        if step not in (Step.POLL_TRAINING, Step.POLL_BACKTEST):
             log.info("%s phase: %s", operation_id, step.label)
         operation = store.get(operation_id)
         run = StepRun(
@@ -302,10 +302,25 @@ def training_gate(run: StepRun) -> Outcome:
     return cycle.run_training_gate(run.services.store, run.services.settings, run.operation)
 
 
-@step_task(Step.BACKTEST)
-def backtest(run: StepRun) -> Outcome:
-    """Stub until the backtest phase is built; the record says so."""
-    return cycle.run_stub_phase(run.services.store, run.operation, Step.BACKTEST)
+@step_task(Step.START_BACKTEST)
+def start_backtest(run: StepRun) -> Outcome:
+    """Start the out-of-sample backtest of the trained model once and store its id."""
+    return cycle.run_start_backtest(run.services, run.operation)
+
+
+@step_task(Step.POLL_BACKTEST)
+def poll_backtest(run: StepRun) -> Outcome:
+    """Poll the remote backtest; re-schedule itself until it ends, never holding a slot."""
+    owner = run.operation.bookkeeping.backtest_poll_task_id
+    if owner and owner != run.task_id:
+        return Ended("a resumed backtest poll owns this cycle now")
+    return cycle.run_poll_backtest(run.services, run.operation)
+
+
+@step_task(Step.BACKTEST_GATE)
+def backtest_gate(run: StepRun) -> Outcome:
+    """Judge the backtest metrics against the gate thresholds."""
+    return cycle.run_backtest_gate(run.services.store, run.services.settings, run.operation)
 
 
 @step_task(Step.ASSESS)

@@ -78,8 +78,8 @@ WINDOW = BacktestWindow("2018-02-02", "2018-02-07")
 
 
 def test_request_backtests_the_first_symbol_and_timeframe_with_the_model_path_as_given() -> None:
-    request = backtest_request("s", ["EURUSD", "GBPUSD"], ["1h", "4h"], "models/s/1h_v3", WINDOW)
-    assert request.model_dump() == {
+    fields = backtest_request("s", ["EURUSD", "GBPUSD"], ["1h", "4h"], "models/s/1h_v3", WINDOW)
+    assert StartBacktestRequest(**fields).model_dump() == {
         "strategy_name": "s",
         "symbol": "EURUSD",
         "timeframe": "1h",
@@ -94,7 +94,9 @@ def test_request_backtests_the_first_symbol_and_timeframe_with_the_model_path_as
         backtest_request("s", [], ["1h"], "m", WINDOW)
 
 
-REQUEST = backtest_request("s", ["EURUSD"], ["1h"], "models/s/1h_v1", WINDOW)
+REQUEST = StartBacktestRequest(
+    **backtest_request("s", ["EURUSD"], ["1h"], "models/s/1h_v1", WINDOW)
+)
 
 
 def client_for(handler) -> TrainingApiClient:
