@@ -117,7 +117,7 @@ def list_command(limit: int, status_filter: str | None, as_json: bool) -> None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def history_command(limit: int, as_json: bool) -> None:
-    """Finished cycles: strategy, verdict, accuracy, loss."""
+    """Finished cycles: strategy, verdict, accuracy, loss, and the backtest's figures."""
     rows = workflow.history(limit)
     if as_json:
         _print_json({"history": rows, "count": len(rows)})
@@ -131,8 +131,19 @@ def history_command(limit: int, as_json: bool) -> None:
             f"{row.get('finished_at') or '':24} {row.get('verdict') or '':12} "
             f"{row.get('strategy_name') or '-':45} "
             f"acc={'-' if accuracy is None else f'{accuracy:.3f}'} "
-            f"loss={'-' if loss is None else f'{loss:.3f}'}"
+            f"loss={'-' if loss is None else f'{loss:.3f}'} {_backtest_columns(row)}"
         )
+
+
+def _backtest_columns(row: dict[str, Any]) -> str:
+    def shown(name: str, spec: str) -> str:
+        value = row.get(name)
+        return "-" if value is None else format(value, spec)
+
+    return (
+        f"trades={shown('trades', '.0f')} return={shown('total_return_pct', '+.2%')} "
+        f"sharpe={shown('sharpe_ratio', '.2f')} drawdown={shown('max_drawdown_pct', '.2%')}"
+    )
 
 
 @click.group()

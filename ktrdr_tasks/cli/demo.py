@@ -5,9 +5,9 @@ reference training host, Flower), triggers one cycle with the built-in designer 
 `--strategy`), follows it live to the verdict, prints where the strategy and the model are,
 and stops everything it started: on success, on failure, on Ctrl+C and on SIGTERM.
 
-Exit codes: 0 when the cycle reached a verdict (completed, or failed at the training gate:
-both are real outcomes of research); 1 when it failed otherwise, was cancelled or timed out;
-3 when the stack could not start; 130 when interrupted.
+Exit codes: 0 when the cycle reached a verdict (completed, or failed at the training or the
+backtest gate: both are real outcomes of research); 1 when it failed otherwise, was
+cancelled or timed out; 3 when the stack could not start; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -110,9 +110,10 @@ def _cancel_leftovers(echo: Any) -> None:
 
 
 def _is_verdict(operation: dict[str, Any]) -> bool:
-    gate = (operation.get("metadata") or {}).get("gate") or {}
+    meta = operation.get("metadata") or {}
+    gates = (meta.get("gate") or {}, meta.get("backtest_gate") or {})
     return operation["status"] == "completed" or (
-        operation["status"] == "failed" and gate.get("outcome") == "failed"
+        operation["status"] == "failed" and any(g.get("outcome") == "failed" for g in gates)
     )
 
 
@@ -124,7 +125,8 @@ def _summary(stack: Stack, operation: dict[str, Any], keep_running: bool) -> lis
             f"Verdict: completed (training gate {(meta.get('gate') or {}).get('outcome')})"
         )
     elif _is_verdict(operation):
-        lines.append("Verdict: rejected by the training gate (a real outcome: most ideas fail)")
+        which = "backtest" if (meta.get("backtest_gate") or {}).get("outcome") else "training"
+        lines.append(f"Verdict: rejected by the {which} gate (a real outcome: most ideas fail)")
     else:
         lines.append(f"Verdict: none, the cycle {operation['status']}")
     lines.append(f"  strategy YAML  {_shown(meta.get('strategy_path'))}")

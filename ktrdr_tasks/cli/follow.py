@@ -69,6 +69,13 @@ def verdict_text(operation: dict[str, Any]) -> str:
         figures = ""
         if accuracy is not None and loss is not None:
             figures = f" (test accuracy {accuracy:.3f}, test loss {loss:.3f})"
+        backtest = meta.get("backtest") or {}
+        if meta.get("backtest_gate"):
+            figures += f"; backtest gate {meta['backtest_gate'].get('outcome', '?')}"
+        if backtest.get("trades") is not None and backtest.get("total_return_pct") is not None:
+            figures += (
+                f" ({backtest['trades']:.0f} trades, return {backtest['total_return_pct']:+.2%})"
+            )
         return (
             f"completed: training gate {gate.get('outcome', '?')}{figures}; "
             f"model at {meta.get('model_path')}"

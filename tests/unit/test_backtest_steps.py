@@ -329,3 +329,20 @@ def test_assessment_stub_summarises_both_verdicts(store: Store, services: Servic
     )
     assert record.result_summary["backtest_gate"] == "passed"
     assert record.result_summary["backtest_operation_id"] == BACKTEST_ID
+
+
+def test_history_shows_the_backtest_figures_and_a_backtest_gate_failure(
+    store: Store, remote: Remote, services: Services
+) -> None:
+    from ktrdr_tasks.backtest import backtest_summary
+    from ktrdr_tasks.history import history_entry
+
+    gated(store, POOR_BACKTEST)
+    store.update(CYCLE_ID, metadata={"backtest": backtest_summary(POOR_BACKTEST)})
+    tasks.run_step(Step.BACKTEST_GATE, CYCLE_ID, services, "t")
+
+    entry = history_entry(store.get(CYCLE_ID))
+    assert entry["verdict"] == "gate_failed"
+    assert entry["backtest_gate_reasons"][0].startswith("win_rate_too_low")
+    assert (entry["trades"], entry["total_return_pct"], entry["sharpe_ratio"]) == (6, 0.0125, -1.4)
+    assert entry["max_drawdown_pct"] == 0.021
