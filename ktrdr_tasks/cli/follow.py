@@ -43,6 +43,15 @@ def _epoch_text(context: dict[str, Any]) -> str:
         parts.append(f"val loss {context['val_loss']:.4f}")
     if context.get("val_accuracy") is not None:
         parts.append(f"val acc {context['val_accuracy']:.3f}")
+    # While backtesting: bars processed, trades and return so far.
+    if context.get("bars_processed") is not None:
+        total = context.get("bars_total")
+        done = context["bars_processed"]
+        parts.append(f"bar {done}/{total}" if total else f"bar {done}")
+    if context.get("trades") is not None:
+        parts.append(f"{context['trades']} trades")
+    if context.get("total_return_pct") is not None:
+        parts.append(f"return {context['total_return_pct']:+.2%}")
     return ", ".join(parts)
 
 

@@ -308,3 +308,24 @@ def test_a_poll_reads_running_completed_failed_and_cancelled() -> None:
     assert failed.message == "backtest op_b failed: No data for EURUSD 1h"
     cancelled = read_backtest(_remote("cancelled", error_message="Cancelled by request"), "op_b")
     assert cancelled.state == "failed" and "cancelled on the training service" in cancelled.message
+
+
+def test_follow_shows_bars_trades_and_return_while_backtesting() -> None:
+    from ktrdr_tasks.cli.follow import one_line
+
+    operation = {
+        "operation_id": "op_x",
+        "status": "running",
+        "phase": "backtesting",
+        "progress": {
+            "percentage": 94.0,
+            "current_step": "Backtesting EURUSD 1h: bar 64/128",
+            "context": {
+                "bars_processed": 64,
+                "bars_total": 128,
+                "trades": 3,
+                "total_return_pct": -0.01,
+            },
+        },
+    }
+    assert one_line(operation).endswith("[bar 64/128, 3 trades, return -1.00%]")
