@@ -85,7 +85,7 @@ def _single_active_id() -> str:
 @click.argument("operation_id")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def cancel_command(operation_id: str, as_json: bool) -> None:
-    """Cancel a cycle and its remote training job."""
+    """Cancel a cycle and its remote job (the training or the backtest)."""
     answer = workflow.cancel(operation_id)
     if as_json:
         _print_json(answer)
@@ -93,7 +93,7 @@ def cancel_command(operation_id: str, as_json: bool) -> None:
     remote = answer.get("cancelled_training_operation_id")
     click.echo(
         f"cancelled {operation_id}"
-        + (f"; remote training {remote} cancel requested" if remote else "")
+        + (f"; remote job {remote} cancel requested" if remote else "")
     )
 
 
