@@ -100,7 +100,7 @@ def test_cancel_during_the_backtest_cancels_the_remote_backtest(
     assert answer["status"] == "cancelled"
     assert answer["cancelled_training_operation_id"] == backtest_id
     deletes = fake_api.calls("DELETE", polls)
-    assert deletes and fake_api.jobs[backtest_id].status == "cancelled"
+    assert deletes and fake_api.backtests[backtest_id].status == "cancelled"
     training_id = answer["metadata"]["training_operation_id"]
     assert fake_api.calls("DELETE", f"/api/v1/operations/{training_id}") == []  # it completed
     time.sleep(1.0)  # several poll intervals

@@ -96,6 +96,7 @@ class FakeTrainingApi:
         # Backtests (`POST /backtests/start`), by strategy name like trainings.
         self.backtest_behaviours: dict[str, Behaviour] = {}
         self.backtest_default = Behaviour(polls=2, result=dict(GOOD_BACKTEST))
+        self.backtests: dict[str, Job] = {}  # apart from `jobs`, which are the trainings
         self.jobs: dict[str, Job] = {}
         self.by_task_id: dict[str, str] = {}
         self.requests: list[Request] = []
@@ -157,7 +158,7 @@ class FakeTrainingApi:
                 return self._start_backtest(body)
             if path.startswith("/api/v1/operations/"):
                 op_id = path.rsplit("/", 1)[-1]
-                job = self.jobs.get(op_id)
+                job = self.jobs.get(op_id) or self.backtests.get(op_id)
                 if job is None:
                     return 404, {"detail": f"Operation not found: {op_id}"}
                 if method == "GET":
@@ -201,7 +202,7 @@ class FakeTrainingApi:
         name = body["strategy_name"]
         op_id = f"op_backtesting_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"
         behaviour = self.backtest_behaviours.get(name, self.backtest_default)
-        self.jobs[op_id] = Job(op_id, name, behaviour)
+        self.backtests[op_id] = Job(op_id, name, behaviour)
         return 200, {
             "success": True,
             "operation_id": op_id,
@@ -211,10 +212,6 @@ class FakeTrainingApi:
             "timeframe": body.get("timeframe"),
             "mode": "local",
         }
-
-    def backtest_ids(self) -> list[str]:
-        with self.lock:
-            return [op_id for op_id in self.jobs if op_id.startswith("op_backtesting_")]
 
     def _poll(self, job: Job) -> dict[str, Any]:
         if job.status == "running":
