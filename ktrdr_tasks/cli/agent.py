@@ -92,8 +92,7 @@ def cancel_command(operation_id: str, as_json: bool) -> None:
         return
     remote = answer.get("cancelled_training_operation_id")
     click.echo(
-        f"cancelled {operation_id}"
-        + (f"; remote job {remote} cancel requested" if remote else "")
+        f"cancelled {operation_id}" + (f"; remote job {remote} cancel requested" if remote else "")
     )
 
 
