@@ -122,7 +122,8 @@ def _summary(stack: Stack, operation: dict[str, Any], keep_running: bool) -> lis
     lines = [""]
     if operation["status"] == "completed":
         lines.append(
-            f"Verdict: completed (training gate {(meta.get('gate') or {}).get('outcome')})"
+            f"Verdict: completed (training gate {(meta.get('gate') or {}).get('outcome')}, "
+            f"backtest gate {(meta.get('backtest_gate') or {}).get('outcome')})"
         )
     elif _is_verdict(operation):
         which = "backtest" if (meta.get("backtest_gate") or {}).get("outcome") else "training"
