@@ -1,11 +1,12 @@
-"""The one way a remote training job is cancelled: now, or by the retrying cancel task.
+"""The one way a remote job (training or backtest) is cancelled: now, or by the retrying task.
 
 Every place that stops a remote job (a user's cancel, a failed or lost cycle, a revoked task,
 the starter that lost the race with a cancel) calls `cancel_remote` or, for a cycle that
 ended, `cancel_orphaned_job`. A cancel the API cannot take right now is handed to
 `ktrdr.cancel_training`, which retries with backoff until the API answers: a briefly
-unreachable API never leaves a job training for a cycle that is over. Every remote cancel is
-idempotent (200, 400 "already ended" and 404 all mean nothing runs).
+unreachable API never leaves a job running for a cycle that is over (the task keeps its
+name, `cancel_training`, for the backtests too: both are cancelled by the same route).
+Every remote cancel is idempotent (200, 400 "already ended" and 404 all mean nothing runs).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def cancel_orphaned_job(
 
 @app.task(name=CANCEL_TASK, bind=True, max_retries=CANCEL_MAX_RETRIES)
 def cancel_training(self: Task, training_id: str, reason: str) -> str:
-    """Cancel a remote training, retrying with backoff while the API is unreachable."""
+    """Cancel a remote job, retrying with backoff while the API is unreachable."""
     try:
         return get_client().cancel_operation(training_id, reason)
     except TransientApiError as exc:
