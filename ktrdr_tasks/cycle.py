@@ -382,8 +382,9 @@ def run_training_gate(store: Store, settings: Settings, operation: Operation) ->
 def run_start_backtest(services: Services, operation: Operation) -> Outcome:
     """Start the out-of-sample backtest of the trained model once per cycle, and store its id.
 
-    The same race with a cancel as the training's start, closed the same way. A backtest
-    start carries no idempotency key on a ktrdr backend, so a stored id means never again.
+    The same race with a cancel as the training's start, closed the same way. A ktrdr
+    backend has no idempotency key for backtests (the reference host honours `task_id`), so
+    a stored id means never again.
     """
     store, settings, op_id = services.store, services.settings, operation.operation_id
     if operation.backtest_operation_id:
@@ -416,7 +417,9 @@ def run_start_backtest(services: Services, operation: Operation) -> Outcome:
             "backtest_window": {"start_date": window.start_date, "end_date": window.end_date}
         },
     )
-    backtest_id = services.client.start_backtest(StartBacktestRequest(**fields))
+    backtest_id = services.client.start_backtest(
+        StartBacktestRequest(**fields, task_id=f"{op_id}-backtest")
+    )
     stored = store.update(
         op_id,
         metadata={"backtest_operation_id": backtest_id},

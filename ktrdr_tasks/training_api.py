@@ -305,7 +305,11 @@ class TrainingApiClient:
 
 
 class StartBacktestRequest(BaseModel):
-    """ktrdr's backtest request, with its defaults for capital and costs."""
+    """ktrdr's backtest request, with its defaults for capital and costs.
+
+    `task_id` is not ktrdr's (a ktrdr backend ignores it): the reference host honours it as
+    an idempotency key, so a start repeated after a crash mid-POST finds the same backtest.
+    """
 
     strategy_name: str
     symbol: str
@@ -316,6 +320,7 @@ class StartBacktestRequest(BaseModel):
     initial_capital: float = 100_000.0
     commission: float = 0.001
     slippage: float = 0.0005
+    task_id: str | None = None
 
 
 def _nothing_started(exc: BaseException) -> bool:

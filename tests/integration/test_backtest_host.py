@@ -277,3 +277,12 @@ def test_busy_host_answers_503_and_cancel_stops_a_backtest_mid_way(
     # The slot is free again.
     after = host.backtest_id(model_path=trained["model_path"])
     assert host.wait(after, {"completed", "failed"})["status"] == "completed"
+
+
+def test_same_task_id_twice_gives_one_backtest(host: Host, trained: dict[str, Any]) -> None:
+    first = host.backtest_id(model_path=trained["model_path"], task_id="cycle-7-backtest")
+    host.wait(first, {"completed"})
+    again = host.backtest(model_path=trained["model_path"], task_id="cycle-7-backtest")
+    assert again.status_code == 200 and again.json()["operation_id"] == first
+    listed = host.http.get("/operations", params={"operation_type": "backtesting"}).json()
+    assert sum(1 for row in listed["data"] if row["operation_id"] == first) == 1

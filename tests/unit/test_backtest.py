@@ -89,6 +89,7 @@ def test_request_backtests_the_first_symbol_and_timeframe_with_the_model_path_as
         "initial_capital": 100_000.0,
         "commission": 0.001,
         "slippage": 0.0005,
+        "task_id": None,
     }
     with pytest.raises(ConfigurationError, match="no symbol"):
         backtest_request("s", [], ["1h"], "m", WINDOW)
@@ -175,6 +176,7 @@ def test_start_backtest_request_model_is_ktrdrs() -> None:
         "initial_capital",
         "commission",
         "slippage",
+        "task_id",  # not ktrdr's: the reference host's idempotency key
     }
 
 

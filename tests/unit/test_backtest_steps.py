@@ -95,6 +95,7 @@ def test_start_sends_the_model_out_of_sample_and_stores_the_id_once(
     assert body["model_path"] == "models/unit_strategy/1h_v2"  # exactly as training returned
     assert (body["symbol"], body["timeframe"]) == ("EURUSD", "1h")
     assert body["start_date"] == "2018-02-02"  # the day after the training window
+    assert body["task_id"] == f"{CYCLE_ID}-backtest"
     assert (body["initial_capital"], body["commission"], body["slippage"]) == (
         100000.0,
         0.001,

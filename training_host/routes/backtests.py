@@ -38,6 +38,7 @@ class BacktestStartRequest(BaseModel):
     initial_capital: float = Field(100_000.0, gt=0, le=1e12)
     commission: float = Field(0.001, ge=0, lt=0.1)
     slippage: float = Field(0.0005, ge=0, lt=0.1)
+    task_id: str | None = Field(None, max_length=200, description="Idempotency key")
 
 
 class BacktestStartResponse(BaseModel):
@@ -119,7 +120,17 @@ def start_backtest(body: BacktestStartRequest, request: Request) -> BacktestStar
             "slippage": job.costs.slippage,
         },
     }
-    operation, _ = state.registry.create(metadata, operation_type="backtesting")
+    operation, created = state.registry.create(
+        metadata, task_id=body.task_id, operation_type="backtesting"
+    )
+    if not created:
+        # Not ktrdr's: the same task_id again is the same backtest, never a second one.
+        return BacktestStartResponse(
+            operation_id=operation.operation_id,
+            message=f"Backtest already started for task_id {body.task_id}",
+            symbol=str(operation.metadata.get("symbol")),
+            timeframe=str(operation.metadata.get("timeframe")),
+        )
     try:
         resolve_model_dir(job.model_path, settings.models_dir)
     except TrainingFailed as exc:
