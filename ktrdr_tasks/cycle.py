@@ -25,7 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ktrdr_tasks.backtest import backtest_request, backtest_summary, backtest_window, read_backtest
+from ktrdr_tasks.backtest import (
+    BacktestPoll,
+    backtest_request,
+    backtest_summary,
+    backtest_window,
+    read_backtest,
+)
 from ktrdr_tasks.errors import CycleEnded, OperationNotFoundError, StrategyError
 from ktrdr_tasks.gates import (
     BacktestThresholds,
@@ -453,24 +459,32 @@ def run_poll_backtest(services: Services, operation: Operation) -> Outcome:
             metadata={"backtest_status": "not_found"},
         )
     poll = read_backtest(remote, backtest_id)
-    if poll.state == "failed":
-        return Fail(poll.message or "backtest failed", metadata={"backtest_status": remote.status})
-    if poll.state == "running" and remote.status == "completed":
-        # ktrdr can sync the result a moment after the status: read again, a few times.
-        reads = operation.bookkeeping.backtest_empty_reads + 1
-        if reads >= EMPTY_RESULT_READS:
-            return Fail(
-                f"backtest {backtest_id} completed but reported no metrics after {reads} "
-                "reads; nothing to judge",
-                metadata={"backtest_status": "completed"},
-            )
-        _update_or_stop(store, op_id, bookkeeping={"backtest_empty_reads": reads})
-        return Reschedule(max(settings.poll_interval_s, 0.5))
-    if poll.state == "running":
+    if poll.state == "running" and remote.status != "completed":
         _update_or_stop(
             store, op_id, progress=poll.progress, metadata={"backtest_status": remote.status}
         )
         return Reschedule(settings.poll_interval_s)
+    return _backtest_ended(services, operation, poll, remote.status)
+
+
+def _backtest_ended(
+    services: Services, operation: Operation, poll: BacktestPoll, remote_status: str
+) -> Outcome:
+    """The remote backtest is over: keep its result for the gate, or fail saying how it ended."""
+    store, settings, op_id = services.store, services.settings, operation.operation_id
+    if poll.state == "failed":
+        return Fail(poll.message or "backtest failed", metadata={"backtest_status": remote_status})
+    if poll.state == "running":  # completed, but without metrics yet
+        # ktrdr can sync the result a moment after the status: read again, a few times.
+        reads = operation.bookkeeping.backtest_empty_reads + 1
+        if reads >= EMPTY_RESULT_READS:
+            return Fail(
+                f"backtest {operation.backtest_operation_id} completed but reported no metrics "
+                f"after {reads} reads; nothing to judge",
+                metadata={"backtest_status": "completed"},
+            )
+        _update_or_stop(store, op_id, bookkeeping={"backtest_empty_reads": reads})
+        return Reschedule(max(settings.poll_interval_s, 0.5))
     _update_or_stop(
         store,
         op_id,
