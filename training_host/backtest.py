@@ -32,14 +32,15 @@ import pandas as pd
 import torch
 
 from ktrdr_tasks.errors import StrategyError
-from ktrdr_tasks.strategy_schema import StrategyConfig, check_strategy
+from ktrdr_tasks.strategy_schema import StrategyConfig
+from ktrdr_tasks.strategy_v3 import StrategyConfigV3, check_any_strategy
 from training_host.errors import NoDataError, TrainingFailed
-from training_host.features import base_timeframe, build_inputs
+from training_host.features import base_timeframe
 from training_host.jobs import JobContext
 from training_host.labels import BUY, CLASS_NAMES, HOLD, SELL
 from training_host.market_data import load_bars, normalise_timeframe, parse_timeframe
 from training_host.model import build_mlp
-from training_host.pipeline import strategy_features
+from training_host.pipeline import TrainingJob, input_plan
 
 FLAT, LONG = 0, 1
 BATCH_BARS = 256  # bars per model call; a cancel is noticed between batches
@@ -344,7 +345,8 @@ class TrainedModel:
     directory: Path
     network: torch.nn.Module
     feature_names: list[str]
-    config: StrategyConfig
+    document: dict[str, Any]
+    config: StrategyConfig | StrategyConfigV3
     timeframes: list[str]
     rules: DecisionRules
 
@@ -392,7 +394,7 @@ def load_trained_model(directory: Path) -> TrainedModel:
     if not isinstance(document, dict):
         raise TrainingFailed(f"Model {directory} has a config.json that is not a strategy")
     try:
-        config = check_strategy(document, source=f"{directory.name}/config.json")
+        config = check_any_strategy(document, source=f"{directory.name}/config.json")
     except StrategyError as exc:
         raise TrainingFailed(f"Model {directory} has an unusable config.json: {exc}") from exc
     metadata_file = directory / "metadata.json"
@@ -402,6 +404,7 @@ def load_trained_model(directory: Path) -> TrainedModel:
         directory=directory,
         network=network,
         feature_names=feature_names,
+        document=document,
         config=config,
         timeframes=timeframes,
         rules=DecisionRules.from_section(document.get("decisions")),
@@ -467,8 +470,20 @@ def backtest_inputs(
         raise NoDataError(
             f"No data for {job.symbol} {base} between {job.start_date} and {job.end_date}"
         )
-    features = strategy_features(model.config)
-    inputs = build_inputs(bars, features, model.config.model.features.lookback_periods)
+    # The training's own recipe (v2 memberships with lags, or v3 nn_inputs) on these bars.
+    plan = input_plan(
+        TrainingJob(
+            job.strategy_name,
+            model.directory / "config.json",
+            model.document,
+            model.config,
+            (job.symbol,),
+            tuple(timeframes),
+            None,
+            None,
+        )
+    )
+    inputs = plan.make_inputs(bars)
     if list(inputs.columns) != model.feature_names:
         raise TrainingFailed(
             f"Model {model.directory} expects {len(model.feature_names)} features "

@@ -11,7 +11,7 @@ import fakeredis
 import httpx
 import pytest
 
-from ktrdr_tasks import cycle, tasks
+from ktrdr_tasks import cycle, runner
 from ktrdr_tasks.cycle import Ended, Fail, Reschedule, Services
 from ktrdr_tasks.models import OperationStatus
 from ktrdr_tasks.remote import cancel_orphaned_job
@@ -88,7 +88,7 @@ def test_start_sends_the_model_out_of_sample_and_stores_the_id_once(
 ) -> None:
     at(store, Step.START_BACKTEST)
 
-    outcome = tasks.run_step(Step.START_BACKTEST, CYCLE_ID, services, "task-1")
+    outcome = runner.run_step(Step.START_BACKTEST, CYCLE_ID, services, "task-1")
 
     assert outcome == {"backtest_operation_id": BACKTEST_ID}
     [body] = starts(remote)
@@ -106,7 +106,7 @@ def test_start_sends_the_model_out_of_sample_and_stores_the_id_once(
     assert record.metadata["backtest_window"]["start_date"] == "2018-02-02"
     assert record.bookkeeping.backtest_deadline_ts > time.time()
     # Redelivered: the stored id is the answer, nothing is POSTed again.
-    assert tasks.run_step(Step.START_BACKTEST, CYCLE_ID, services, "task-2") == outcome
+    assert runner.run_step(Step.START_BACKTEST, CYCLE_ID, services, "task-2") == outcome
     assert len(starts(remote)) == 1
 
 
@@ -130,13 +130,13 @@ def test_start_without_a_model_or_with_an_overlapping_window_fails_saying_why(
     store: Store, remote: Remote, services: Services, settings: Settings
 ) -> None:
     at(store, Step.START_BACKTEST, model_path=None)
-    outcome = tasks.run_step(Step.START_BACKTEST, CYCLE_ID, services, "task-1")
+    outcome = runner.run_step(Step.START_BACKTEST, CYCLE_ID, services, "task-1")
     assert isinstance(outcome, Fail) and "no model_path" in outcome.message
 
     store2 = Store(fakeredis.FakeRedis(decode_responses=True), retention_s=3600)
     at(store2, Step.START_BACKTEST)
     overlapping = settings.model_copy(update={"backtest_start_date": "2018-01-15"})
-    outcome = tasks.run_step(
+    outcome = runner.run_step(
         Step.START_BACKTEST, CYCLE_ID, remote.services(store2, overlapping), "task-1"
     )
     assert isinstance(outcome, Fail)
@@ -169,7 +169,7 @@ def test_running_backtest_reschedules_with_bars_trades_and_return_so_far(
         progress={"percentage": 50.0, "current_step": "bar 40/80", "context": context},
     )
 
-    assert tasks.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t") == Reschedule(5)
+    assert runner.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t") == Reschedule(5)
     record = store.get(CYCLE_ID)
     assert record.progress.percentage == 94.0
     assert record.progress.context == context
@@ -182,7 +182,7 @@ def test_completed_backtest_keeps_its_result_and_summary(
     polling(store)
     answer_poll(remote, "completed", result_summary=GOOD_BACKTEST)
 
-    assert tasks.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t") == {"backtest": "completed"}
+    assert runner.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t") == {"backtest": "completed"}
     meta = store.get(CYCLE_ID).metadata
     assert meta["backtest_status"] == "completed"
     assert meta["backtest_result"] == GOOD_BACKTEST
@@ -195,7 +195,7 @@ def test_failed_backtest_fails_the_cycle_with_ktrdrs_message_and_no_cancel(
     polling(store)
     answer_poll(remote, "failed", error_message="Model directory not found: models/x/1h_v1")
 
-    outcome = tasks.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t")
+    outcome = runner.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t")
 
     assert isinstance(outcome, Fail)
     record = store.get(CYCLE_ID)
@@ -211,7 +211,7 @@ def test_backtest_timeout_fails_and_cancels_the_remote_backtest(
 ) -> None:
     polling(store, backtest_deadline_ts=time.time() - 1)
 
-    outcome = tasks.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t")
+    outcome = runner.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t")
 
     assert isinstance(outcome, Fail) and "KTRDR_BACKTEST_TIMEOUT_S" in outcome.message
     assert remote.deletes == [BACKTEST_ID]  # the backtest, not the completed training
@@ -224,7 +224,7 @@ def test_lost_backtest_fails_without_retrying_forever(
     remote.answers[POLL] = lambda _: httpx.Response(
         404, json={"detail": f"Operation not found: {BACKTEST_ID}"}
     )
-    outcome = tasks.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t")
+    outcome = runner.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t")
     assert isinstance(outcome, Fail) and "no longer knows backtest" in outcome.message
 
 
@@ -234,7 +234,7 @@ def test_completed_without_metrics_is_read_again_then_fails(
     polling(store)
     answer_poll(remote, "completed", result_summary={})
 
-    outcomes = [tasks.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t") for _ in range(5)]
+    outcomes = [runner.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "t") for _ in range(5)]
 
     assert all(isinstance(o, Reschedule) for o in outcomes[:4])
     assert isinstance(outcomes[4], Fail) and "no metrics" in outcomes[4].message
@@ -245,8 +245,8 @@ def test_a_resumed_backtest_poll_owns_the_cycle(
 ) -> None:
     polling(store, backtest_poll_task_id="the-resumed-poll")
     answer_poll(remote, "running")
-    assert isinstance(tasks.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "old"), Ended)
-    assert tasks.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "the-resumed-poll") == (
+    assert isinstance(runner.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "old"), Ended)
+    assert runner.run_step(Step.POLL_BACKTEST, CYCLE_ID, services, "the-resumed-poll") == (
         Reschedule(5)
     )
 
@@ -292,7 +292,7 @@ def test_backtest_gate_failure_fails_the_cycle_naming_the_metric(
 ) -> None:
     gated(store, POOR_BACKTEST)
 
-    outcome = tasks.run_step(Step.BACKTEST_GATE, CYCLE_ID, services, "t")
+    outcome = runner.run_step(Step.BACKTEST_GATE, CYCLE_ID, services, "t")
 
     assert isinstance(outcome, Fail)
     record = store.get(CYCLE_ID)
@@ -307,7 +307,7 @@ def test_zero_trades_fail_as_too_few_unless_bypassed(
 ) -> None:
     nothing = {**GOOD_BACKTEST, "metrics": {**GOOD_BACKTEST["metrics"], "total_trades": 0}}
     gated(store, nothing)
-    outcome = tasks.run_step(Step.BACKTEST_GATE, CYCLE_ID, services, "t")
+    outcome = runner.run_step(Step.BACKTEST_GATE, CYCLE_ID, services, "t")
     assert isinstance(outcome, Fail) and "too_few_trades" in outcome.message
 
     again = Store(fakeredis.FakeRedis(decode_responses=True), retention_s=3600)
@@ -319,10 +319,10 @@ def test_zero_trades_fail_as_too_few_unless_bypassed(
 
 def test_assessment_stub_summarises_both_verdicts(store: Store, services: Services) -> None:
     gated(store, GOOD_BACKTEST)
-    assert tasks.run_step(Step.BACKTEST_GATE, CYCLE_ID, services, "t") == {
+    assert runner.run_step(Step.BACKTEST_GATE, CYCLE_ID, services, "t") == {
         "backtest_gate": "passed"
     }
-    assert tasks.run_step(Step.ASSESS, CYCLE_ID, services, "t") == {"status": "completed"}
+    assert runner.run_step(Step.ASSESS, CYCLE_ID, services, "t") == {"status": "completed"}
     record = store.get(CYCLE_ID)
     assert record.status is OperationStatus.COMPLETED
     assert record.result_summary["assessment"] == (
@@ -340,7 +340,7 @@ def test_history_shows_the_backtest_figures_and_a_backtest_gate_failure(
 
     gated(store, POOR_BACKTEST)
     store.update(CYCLE_ID, metadata={"backtest": backtest_summary(POOR_BACKTEST)})
-    tasks.run_step(Step.BACKTEST_GATE, CYCLE_ID, services, "t")
+    runner.run_step(Step.BACKTEST_GATE, CYCLE_ID, services, "t")
 
     entry = history_entry(store.get(CYCLE_ID))
     assert entry["verdict"] == "gate_failed"
