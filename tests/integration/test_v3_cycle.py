@@ -44,7 +44,9 @@ def test_a_designed_v3_cycle_trains_on_the_reference_host_and_is_judged(
 ) -> None:
     record = wait_for(workflow.trigger().operation_id, {"completed", "failed"}, timeout=240)
     if record["status"] == "failed":  # a real verdict, after real training
-        assert record["error_message"].startswith("Training gate failed:"), record
+        assert record["error_message"].startswith(
+            ("Training gate failed:", "Backtest gate failed:")
+        ), record
     assert record["metadata"]["gate"]["outcome"] in ("passed", "failed")
     name = record["metadata"]["strategy_name"]
     path = strategies_dir / f"{name}.yaml"
