@@ -9,7 +9,7 @@ from celery.signals import after_setup_logger
 
 app = Celery("ktrdr_tasks")
 app.config_from_object("celeryconfig")
-app.conf.imports = ("ktrdr_tasks.tasks",)
+app.conf.imports = ("ktrdr_tasks.tasks", "ktrdr_tasks.telemetry")  # logs + metrics
 
 
 @after_setup_logger.connect

@@ -26,7 +26,7 @@ from celery import Task
 from celery.exceptions import Ignore, Retry
 from celery.signals import task_revoked
 
-from ktrdr_tasks import cycle
+from ktrdr_tasks import cycle, logs
 from ktrdr_tasks.app import app
 from ktrdr_tasks.cycle import CycleFailed, CycleStopped, Step
 from ktrdr_tasks.errors import KtrdrTasksError, StoreUnavailableError, TransientApiError
@@ -147,6 +147,7 @@ def _run_step_with_store(
             store.get(operation_id),
             lambda: store.renew_lease(operation_id, lease, token, lease_ttl),
         )
+        logs.bind(training_id=context.operation.training_operation_id)
         outcome = body(context)
         if not isinstance(outcome, Reschedule) and context.operation.metadata.get("step_errors"):
             # The error budget counts consecutive failures of one step, not of the cycle.

@@ -30,6 +30,7 @@ from ktrdr_tasks.errors import (
     PermanentApiError,
     TransientApiError,
 )
+from ktrdr_tasks.metrics import count_api_errors
 
 API_PREFIX = "/api/v1"
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -144,6 +145,7 @@ class TrainingApiClient:
 
     # -- transport ---------------------------------------------------------------------
 
+    @count_api_errors
     def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         url = f"{API_PREFIX}{path}"
         try:

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ktrdr_tasks import logs
 from training_host.errors import TrainingCancelled, TrainingFailed
 from training_host.operations import TERMINAL, OperationRegistry
 
@@ -75,6 +76,7 @@ class JobRunner:
 
     def _run(self, context: JobContext, work: Work) -> None:
         operation_id = context.operation_id
+        logs.bind(training_id=operation_id)  # every line of this job names its operation
         try:
             if context.cancelled() or not self.registry.mark_running(operation_id):
                 return

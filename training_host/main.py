@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,8 +15,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from ktrdr_tasks import logs
 from training_host import __version__
 from training_host.jobs import JobRunner
+from training_host.metrics import instrument
 from training_host.middleware import BodySizeLimit
 from training_host.operations import OperationRegistry
 from training_host.routes import health, operations, trainings
@@ -79,6 +80,7 @@ def create_app(settings: HostSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for module in (trainings, operations, health):
         app.include_router(module.router, prefix=API_PREFIX)
+    instrument(app, registry, runner)
     return app
 
 
@@ -109,7 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     settings = HostSettings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper())
+    logs.configure(settings.log_format, settings.log_level)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through the root logger, in KTRDR_LOG_FORMAT
+    )
     return 0

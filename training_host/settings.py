@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ktrdr_tasks.settings import LogLevel
+from ktrdr_tasks.settings import LogFormat, LogLevel
 
 
 def _default_torch_threads() -> int:
@@ -45,3 +45,4 @@ class HostSettings(BaseSettings):
     )
     seed: int = Field(42, validation_alias=AliasChoices("KTRDR_TRAINING_SEED"))
     log_level: LogLevel = Field("INFO", validation_alias=AliasChoices("KTRDR_LOG_LEVEL"))
+    log_format: LogFormat = Field("text", validation_alias=AliasChoices("KTRDR_LOG_FORMAT"))

@@ -6,6 +6,8 @@ bar, train loss and validation accuracy while training, and the elapsed time; wi
 terminal (CI, a pipe) it prints one plain line whenever that line changes. Either way it ends
 with the verdict on one line (the gate's reasons when the gate failed) and returns 0 when the
 cycle completed, 1 when it failed or was cancelled. A brief Redis outage does not end it.
+With `--json` it prints only the final record, with a `verdict` key, as one line.
+Ctrl+C stops the watching, not the cycle: it says so, and how to cancel (exit code 130).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ktrdr_tasks.errors import KtrdrTasksError, StoreUnavailableError
 from ktrdr_tasks.models import parse_iso
 
 REFRESH_S = 0.5
+EXIT_INTERRUPTED = 130
 STORE_OUTAGE_S = 30.0
 ACTIVE = ("pending", "running")
 PHASES = ("designing", "training", "backtesting", "assessing")
@@ -78,6 +81,24 @@ def verdict_text(operation: dict[str, Any]) -> str:
             f"model at {meta.get('model_path')}"
         )
     return f"{status}: {operation.get('error_message') or 'no message'}"
+
+
+def verdict_of(operation: dict[str, Any]) -> str:
+    """passed, bypassed, gate_failed, failed or cancelled: the words `agent history` uses."""
+    gate = (operation.get("metadata") or {}).get("gate") or {}
+    if operation["status"] == "completed":
+        return "bypassed" if gate.get("outcome") == "bypassed" else "passed"
+    if gate.get("outcome") == "failed":
+        return "gate_failed"
+    return str(operation["status"])
+
+
+def interrupted_text(operation_id: str) -> str:
+    return (
+        f"stopped following {operation_id}; the cycle goes on. "
+        f"Watch it again: ktrdr agent status {operation_id} --follow; "
+        f"cancel it: ktrdr agent cancel {operation_id}"
+    )
 
 
 def _elapsed(operation: dict[str, Any]) -> float:
@@ -162,10 +183,18 @@ def _read(operation_id: str, outage_since: list[float]) -> dict[str, Any] | None
 def follow_operation(
     operation_id: str, as_json: bool = False, timeout_s: float | None = None
 ) -> int:
-    """Watch until the cycle ends; the exit code says how it ended.
+    """Watch until the cycle ends; the exit code says how it ended (130: Ctrl+C).
 
     `timeout_s` bounds the wait (FollowTimeout); the cycle itself is left as it is.
     """
+    try:
+        return _follow(operation_id, as_json, timeout_s)
+    except KeyboardInterrupt:
+        click.echo(interrupted_text(operation_id), err=True)
+        return EXIT_INTERRUPTED
+
+
+def _follow(operation_id: str, as_json: bool, timeout_s: float | None) -> int:
     console = Console()
     live = not as_json and console.is_terminal and sys.stdout.isatty()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -197,7 +226,7 @@ def follow_operation(
                 break
             next_record()
     if as_json:
-        click.echo(json.dumps(operation, default=str))
+        click.echo(json.dumps({**operation, "verdict": verdict_of(operation)}, default=str))
     else:
         click.echo(verdict_text(operation))
     return 0 if operation["status"] == "completed" else 1
