@@ -19,8 +19,8 @@ A prefork worker runs tasks in child processes, so the worker uses prometheus-cl
 multiprocess mode: `serve_worker_metrics` (in the parent, before the pool forks) points
 `PROMETHEUS_MULTIPROC_DIR` at a fresh directory and serves the sum of every child's files.
 prometheus-client reads that variable when it is first imported, so this module imports it
-lazily, never at import time. Without a metrics port nothing is served and the counters stay
-in the process (the CLI, tests).
+lazily and re-reads it once the directory is set. Without a metrics port nothing is served and
+the counters stay in the process (the CLI, tests).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ log = logging.getLogger("ktrdr_tasks.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds: polls run every few seconds and trainings last minutes to hours.
-LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200)
 _REASON = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*")
 
@@ -224,6 +224,12 @@ def prepare_multiprocess_dir() -> str:
     else:
         directory = tempfile.mkdtemp(prefix="ktrdr-metrics-")
         os.environ[MULTIPROC_ENV] = directory
+    # prometheus-client picks its value store when first imported, and Flower (a `celery`
+    # subcommand, loaded by every `celery` command line) imports it before any of our code
+    # runs: pick again, so the metrics the pool creates after the fork go to the shared files.
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
     return directory
 
 
