@@ -136,3 +136,34 @@ def test_reason_codes_keep_labels_few() -> None:
         "metric_missing",
         "other",
     ]
+
+
+def test_the_dashboard_graphs_only_metrics_that_exist() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text()
+    )
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for e in expressions for name in re.findall(r"\b(ktrdr_[a-z_]+)", e)}
+    suffixes = ("_total", "_bucket", "_count", "_sum")
+    families = {
+        "ktrdr_cycles_started",
+        "ktrdr_cycles_finished",
+        "ktrdr_poll_lag_seconds",
+        "ktrdr_training_duration_seconds",
+        "ktrdr_training_api_errors",
+        "ktrdr_gate_verdicts",
+        "ktrdr_active_cycles",
+        "ktrdr_host_operations",
+        "ktrdr_host_training_jobs_active",
+        "ktrdr_host_training_slots",
+        "ktrdr_host_operation_duration_seconds",
+    }
+    exported = {metric._name for metric in metrics._instruments().values()}
+    assert exported <= families
+    for name in used:
+        base = next((name.removesuffix(s) for s in suffixes if name.endswith(s)), name)
+        assert base in families, name
