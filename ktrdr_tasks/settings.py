@@ -87,6 +87,21 @@ def _redis_url(value: object) -> str:
 RedisUrl = Annotated[str, BeforeValidator(_redis_url)]
 
 
+def _http_url(value: object) -> str:
+    text = str(value).strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"expected http(s)://host[:port] ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http(s)://host[:port]")
+    return text
+
+
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+
+
 class Settings(BaseSettings):
     """Configuration of the chain, its workers and its CLI. The README's table documents each."""
 
@@ -96,7 +111,7 @@ class Settings(BaseSettings):
     )
 
     redis_url: RedisUrl = Field("redis://localhost:6379/0", validation_alias=_env("REDIS_URL"))
-    api_url: str = Field("http://localhost:8000", validation_alias=_env("KTRDR_API_URL"))
+    api_url: HttpUrl = Field("http://localhost:8000", validation_alias=_env("KTRDR_API_URL"))
     api_timeout_s: float = Field(
         10.0, gt=0, le=MAX_DURATION_S, validation_alias=_env("KTRDR_API_TIMEOUT_S")
     )

@@ -138,8 +138,6 @@ def _run_step_with_store(
             if entered == "ended":
                 _cancel_orphaned_training(store, operation_id)
             raise Ignore()
-        if step is not Step.POLL_TRAINING:
-            log.info("%s phase: %s", operation_id, PHASE_LABELS[step])
         context = StepContext(
             task,
             store,
@@ -148,6 +146,8 @@ def _run_step_with_store(
             lambda: store.renew_lease(operation_id, lease, token, lease_ttl),
         )
         logs.bind(training_id=context.operation.training_operation_id)
+        if step is not Step.POLL_TRAINING:
+            log.info("%s phase: %s", operation_id, PHASE_LABELS[step])
         outcome = body(context)
         if not isinstance(outcome, Reschedule) and context.operation.metadata.get("step_errors"):
             # The error budget counts consecutive failures of one step, not of the cycle.

@@ -13,7 +13,15 @@ from collections.abc import Sequence
 
 EXIT_CONFIG = 4
 # What the `host` extra brings, as import names.
-HOST_MODULES = ("fastapi", "uvicorn", "pandas", "numpy", "torch", "backtesting")
+HOST_MODULES = (
+    "fastapi",
+    "uvicorn",
+    "pandas",
+    "numpy",
+    "torch",
+    "backtesting",
+    "prometheus_fastapi_instrumentator",
+)
 
 
 def _importable(name: str) -> bool:

@@ -128,6 +128,7 @@ def test_masked_redis_url_hides_the_password(monkeypatch: pytest.MonkeyPatch) ->
         ("KTRDR_GATE_MIN_ACCURACY", "nan"),
         ("KTRDR_LOG_FORMAT", "xml"),
         ("KTRDR_METRICS_PORT", "70000"),
+        ("KTRDR_API_URL", "localhost:8000"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(
