@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ktrdr_tasks import workflow
-from ktrdr_tasks.cli.follow import follow_operation, one_line
+from ktrdr_tasks.cli.follow import follow_from_command, one_line
 from ktrdr_tasks.errors import OperationStateError
 
 EXIT_REFUSED = 1
@@ -82,7 +82,7 @@ def trigger_command(
     if not result.triggered:
         ctx.exit(EXIT_REFUSED)
     if follow and result.operation_id:
-        ctx.exit(follow_operation(result.operation_id, as_json=as_json))
+        ctx.exit(follow_from_command(result.operation_id, as_json=as_json))
 
 
 @agent.command("status")
@@ -96,7 +96,7 @@ def status_command(
     """Show one cycle, or the active ones (idle: the last cycle)."""
     if follow:
         target = operation_id or _single_active_id()
-        ctx.exit(follow_operation(target, as_json=as_json))
+        ctx.exit(follow_from_command(target, as_json=as_json))
     answer = workflow.status(operation_id)
     if as_json:
         _print_json(answer)

@@ -7,7 +7,8 @@ terminal (CI, a pipe) it prints one plain line whenever that line changes. Eithe
 with the verdict on one line (the gate's reasons when the gate failed) and returns 0 when the
 cycle completed, 1 when it failed or was cancelled. A brief Redis outage does not end it.
 With `--json` it prints only the final record, with a `verdict` key, as one line.
-Ctrl+C stops the watching, not the cycle: it says so, and how to cancel (exit code 130).
+From `agent trigger|status --follow`, Ctrl+C stops the watching, not the cycle: it says so,
+and how to cancel (exit code 130).
 """
 
 from __future__ import annotations
@@ -180,21 +181,25 @@ def _read(operation_id: str, outage_since: list[float]) -> dict[str, Any] | None
     return record
 
 
-def follow_operation(
-    operation_id: str, as_json: bool = False, timeout_s: float | None = None
-) -> int:
-    """Watch until the cycle ends; the exit code says how it ended (130: Ctrl+C).
-
-    `timeout_s` bounds the wait (FollowTimeout); the cycle itself is left as it is.
-    """
+def follow_from_command(operation_id: str, as_json: bool = False) -> int:
+    """`--follow` of `agent trigger` / `agent status`: Ctrl+C leaves the cycle running, and
+    says so (exit 130). `ktrdr demo` follows with `follow_operation`, because there Ctrl+C
+    means "cancel and stop everything"."""
     try:
-        return _follow(operation_id, as_json, timeout_s)
+        return follow_operation(operation_id, as_json=as_json)
     except KeyboardInterrupt:
         click.echo(interrupted_text(operation_id), err=True)
         return EXIT_INTERRUPTED
 
 
-def _follow(operation_id: str, as_json: bool, timeout_s: float | None) -> int:
+def follow_operation(
+    operation_id: str, as_json: bool = False, timeout_s: float | None = None
+) -> int:
+    """Watch until the cycle ends; the exit code says how it ended.
+
+    `timeout_s` bounds the wait (FollowTimeout); the cycle itself is left as it is. Ctrl+C
+    raises KeyboardInterrupt to the caller, which decides what it means.
+    """
     console = Console()
     live = not as_json and console.is_terminal and sys.stdout.isatty()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -192,6 +192,20 @@ def test_verdict_words_match_the_history(operation: dict[str, Any], verdict: str
     assert follow.verdict_of(operation) == verdict
 
 
+def test_ctrl_c_reaches_a_caller_of_follow_operation(
+    script: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `ktrdr demo` cancels its cycle and stops its stack on Ctrl+C: it must see it.
+    script += [training(1)]
+
+    def interrupted(_: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(follow.time, "sleep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        follow.follow_operation(OP)
+
+
 def test_ctrl_c_says_the_cycle_goes_on_and_how_to_cancel_it(
     script: list[Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,7 +216,7 @@ def test_ctrl_c_says_the_cycle_goes_on_and_how_to_cancel_it(
 
     monkeypatch.setattr(follow.time, "sleep", interrupted)
 
-    assert follow.follow_operation(OP) == follow.EXIT_INTERRUPTED == 130
+    assert follow.follow_from_command(OP) == follow.EXIT_INTERRUPTED == 130
     err = capsys.readouterr().err.strip()
     assert err == (
         f"stopped following {OP}; the cycle goes on. Watch it again: ktrdr agent status {OP} "
