@@ -116,8 +116,9 @@ def json_formatter() -> logging.Formatter:
         ),
         rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
         datefmt="%Y-%m-%dT%H:%M:%S%z",
-        # uvicorn repeats each message with terminal colours in `color_message`.
-        reserved_attrs=[*RESERVED_ATTRS, "color_message"],
+        # uvicorn repeats each message with terminal colours in `color_message`; Celery's task
+        # lines repeat theirs in `data` (with a traceback even for a deliberate Ignore).
+        reserved_attrs=[*RESERVED_ATTRS, "color_message", "data"],
     )
 
 
