@@ -106,11 +106,13 @@ def step_breakdown(strategy: str, repeats: int) -> dict[str, float]:
     from celery.exceptions import Retry
 
     from ktrdr_tasks import tasks
+    from ktrdr_tasks.steps import Step
 
     timings: dict[str, list[float]] = {}
     for _ in range(repeats):
         op_id = create_cycle_record(strategy)
-        for step, name in tasks.STEP_TASK_NAMES.items():
+        for step in Step:
+            name = step.task_name
             task = tasks.app.tasks[name]
             started = time.perf_counter()
             try:

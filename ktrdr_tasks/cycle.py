@@ -1,12 +1,19 @@
-"""What each step of a research cycle does, given a store, a training client and settings.
+"""What each step of a research cycle does, given the services it needs. No Celery here.
 
-The Celery tasks in `tasks.py` are a thin shell around these functions: they find the
-operation, hold the lease, call one function here and decide about retries. Keeping the work
-here means it runs the same under a worker, the reconciler or a test.
+The tasks in `tasks.py` are a thin shell around these functions: they hold the lease, enter
+the step, call one function here and turn its outcome into Celery's terms. The functions
+receive the store, the training client and the settings (`Services`, which a test builds
+from fakeredis and an httpx MockTransport) and the operation as it stood when the step
+began. A step tells its outcome in one vocabulary:
 
-Outcomes are told by exceptions of `ktrdr_tasks.errors` (transient: retry; anything else: the
-cycle fails with the message) and by `CycleStopped` (the cycle ended elsewhere, e.g. a cancel:
-stop quietly).
+- a dict: done; the step's result (the next task reads the record, not this);
+- `Reschedule(countdown)`: run the step again later (a poll whose job still runs);
+- `Ended(reason)`: the cycle ended elsewhere (a cancel): stop without side effects;
+- `Fail(message)`: the cycle fails with this message (the runner writes it, once).
+
+Errors raised inside a step mean the same four things, read once by the runner: a
+`TransientApiError` is retried within the one error budget, `CycleEnded` (a write that lost
+to a cancel) is `Ended`, any other error of `ktrdr_tasks.errors` is `Fail` with its message.
 """
 
 from __future__ import annotations
@@ -14,70 +21,69 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import IntEnum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from ktrdr_tasks.errors import (
-    KtrdrTasksError,
-    OperationNotFoundError,
-    PermanentApiError,
-    StrategyError,
-    TransientApiError,
-)
+from ktrdr_tasks.errors import CycleEnded, OperationNotFoundError, StrategyError
 from ktrdr_tasks.gates import TrainingThresholds, judge_training_result
 from ktrdr_tasks.models import Operation, OperationStatus, Phase, Progress, iso, utc_now
-from ktrdr_tasks.progress import GATE_END, GATE_START, training_progress
+from ktrdr_tasks.progress import training_progress
+from ktrdr_tasks.remote import Requeue, cancel_remote, queue_cancel
 from ktrdr_tasks.settings import Settings
+from ktrdr_tasks.steps import Step
 from ktrdr_tasks.store import Store
 from ktrdr_tasks.strategy import (
     load_strategy_config,
     strategy_path,
     training_params_for,
 )
-from ktrdr_tasks.training_api import StartTrainingRequest, TrainingApiClient
+from ktrdr_tasks.training_api import RemoteOperation, StartTrainingRequest, TrainingApiClient
+
+__all__ = ["Step"]  # re-exported: callers of the step functions name steps through here too
 
 log = logging.getLogger("ktrdr_tasks.cycle")
 
 EMPTY_RESULT_READS = 5
 
 
-class Step(IntEnum):
-    """Positions in the chain; the store lets the recorded step move only forward."""
+@dataclass(frozen=True)
+class Services:
+    """What a step may touch: Redis (through the store), the training API, the settings."""
 
-    DESIGN = 1
-    LOAD_TRAINING_PARAMS = 2
-    START_TRAINING = 3
-    POLL_TRAINING = 4
-    TRAINING_GATE = 5
-    BACKTEST = 6
-    ASSESS = 7
+    store: Store
+    client: TrainingApiClient
+    settings: Settings
+    requeue_cancel: Requeue = queue_cancel
 
-
-STEP_PHASES = {
-    Step.DESIGN: Phase.DESIGNING,
-    Step.LOAD_TRAINING_PARAMS: Phase.TRAINING,
-    Step.START_TRAINING: Phase.TRAINING,
-    Step.POLL_TRAINING: Phase.TRAINING,
-    Step.TRAINING_GATE: Phase.TRAINING,
-    Step.BACKTEST: Phase.BACKTESTING,
-    Step.ASSESS: Phase.ASSESSING,
-}
-
-
-class CycleStopped(KtrdrTasksError):
-    """The cycle ended (cancelled, failed) or moved on without this run: stop quietly."""
-
-
-class CycleFailed(KtrdrTasksError):
-    """The cycle failed for a reason the step already wrote down."""
+    def cancel_remote(self, training_id: str, reason: str) -> str:
+        return cancel_remote(self.client, training_id, reason, self.requeue_cancel)
 
 
 @dataclass(frozen=True)
-class PollOutcome:
-    finished: bool
-    countdown: float = 0.0
+class Reschedule:
+    """Run this step again after `countdown` seconds."""
+
+    countdown: float
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The cycle ended (or moved on) without this run: stop quietly."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The cycle fails with `message`; `metadata` and `progress` are written with it."""
+
+    message: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    progress: Progress | None = None
+
+
+Outcome = dict[str, Any] | Reschedule | Ended | Fail
 
 
 def thresholds_of(settings: Settings) -> TrainingThresholds:
@@ -95,7 +101,11 @@ def design_seed(operation_id: str) -> int:
 
 def _update_or_stop(store: Store, operation_id: str, **changes: Any) -> None:
     if not store.update(operation_id, **changes):
-        raise CycleStopped(f"{operation_id} ended while a step was writing")
+        raise CycleEnded(f"{operation_id} ended while a step was writing")
+
+
+def fail_cycle(store: Store, operation_id: str, message: str) -> bool:
+    return store.finish(operation_id, OperationStatus.FAILED, error_message=message)
 
 
 # -- design -------------------------------------------------------------------------------
@@ -119,25 +129,14 @@ def run_design(
 
     requested = operation.metadata.get("requested_strategy")
     if requested:
-        config = load_strategy_config(requested, settings.strategies_dir)
-        path = strategy_path(requested, settings.strategies_dir)
-        _update_or_stop(
-            store,
-            op_id,
-            progress=Progress(percentage=30, current_step=f"Using existing strategy {requested}"),
-            metadata={
-                "strategy_name": requested,
-                "strategy_path": str(path),
-                "design": summarize(config),
-                "designer": "existing",
-            },
-        )
-        return requested
+        return _use_requested(store, settings, op_id, requested, summarize)
 
     def on_progress(percentage: float, step: str) -> None:
         renew_lease()
         _update_or_stop(
-            store, op_id, progress=Progress(percentage=min(percentage, 30.0), current_step=step)
+            store,
+            op_id,
+            progress=Progress(percentage=min(percentage, Step.DESIGN.end), current_step=step),
         )
 
     result = designer(
@@ -147,24 +146,11 @@ def run_design(
         on_progress=on_progress,
     )
     if not store.claim_metadata(op_id, "strategy_name", result.name):
-        # Another run of this step (one whose lease lapsed) recorded its design first, and the
-        # chain goes on with that one: this design was never the cycle's.
-        recorded = store.get(op_id)
-        if recorded.status.is_terminal:
-            raise CycleStopped(f"cycle {recorded.status.value} during design")
-        if recorded.strategy_name != result.name:
-            result.path.unlink(missing_ok=True)
-        log.warning(
-            "%s: late design %s discarded; the cycle has %s",
-            op_id,
-            result.name,
-            recorded.strategy_name,
-        )
-        return str(recorded.strategy_name)
+        return _discard_late_design(store, op_id, result)
     _update_or_stop(
         store,
         op_id,
-        progress=Progress(percentage=30, current_step=f"Designed {result.name}"),
+        progress=Progress(percentage=Step.DESIGN.end, current_step=f"Designed {result.name}"),
         metadata={
             "strategy_name": result.name,
             "strategy_path": str(result.path),
@@ -176,17 +162,60 @@ def run_design(
     return result.name
 
 
+def _use_requested(
+    store: Store,
+    settings: Settings,
+    op_id: str,
+    requested: str,
+    summarize: Callable[[dict[str, Any]], dict[str, Any]],
+) -> str:
+    config = load_strategy_config(requested, settings.strategies_dir)
+    _update_or_stop(
+        store,
+        op_id,
+        progress=Progress(
+            percentage=Step.DESIGN.end, current_step=f"Using existing strategy {requested}"
+        ),
+        metadata={
+            "strategy_name": requested,
+            "strategy_path": str(strategy_path(requested, settings.strategies_dir)),
+            "design": summarize(config),
+            "designer": "existing",
+        },
+    )
+    return requested
+
+
+def _discard_late_design(store: Store, op_id: str, result: Any) -> str:
+    """Another run of this step (one whose lease lapsed) recorded its design first, and the
+    chain goes on with that one: this design was never the cycle's."""
+    recorded = store.get(op_id)
+    if recorded.status.is_terminal:
+        raise CycleEnded(f"cycle {recorded.status.value} during design")
+    if recorded.strategy_name != result.name:
+        result.path.unlink(missing_ok=True)
+    log.warning(
+        "%s: late design %s discarded; the cycle has %s", op_id, result.name, recorded.strategy_name
+    )
+    return str(recorded.strategy_name)
+
+
 # -- training -----------------------------------------------------------------------------
 
 
-def run_load_training_params(store: Store, settings: Settings, operation: Operation) -> dict:
+def run_load_training_params(
+    store: Store, settings: Settings, operation: Operation
+) -> dict[str, Any]:
     name = operation.strategy_name
     if not name:
         raise StrategyError("the design step recorded no strategy name")
     _update_or_stop(
         store,
         operation.operation_id,
-        progress=Progress(percentage=30, current_step=f"Loading strategy configuration {name}"),
+        progress=Progress(
+            percentage=Step.LOAD_TRAINING_PARAMS.start,
+            current_step=f"Loading strategy configuration {name}",
+        ),
     )
     config = load_strategy_config(name, settings.strategies_dir)
     params = training_params_for(
@@ -202,155 +231,117 @@ def run_load_training_params(store: Store, settings: Settings, operation: Operat
     return params.model_dump()
 
 
-def run_start_training(
-    store: Store, client: TrainingApiClient, settings: Settings, operation: Operation
-) -> str:
+def run_start_training(services: Services, operation: Operation) -> Outcome:
     """Start the remote job once per cycle and store its id, closing the race with cancel."""
-    op_id = operation.operation_id
+    store, op_id = services.store, operation.operation_id
     if operation.training_operation_id:  # redelivered after the id was stored: never POST twice
-        return operation.training_operation_id
+        return {"training_operation_id": operation.training_operation_id}
     name = operation.strategy_name or ""
     params = operation.metadata.get("training_params") or {}
     _update_or_stop(
         store,
         op_id,
-        progress=Progress(percentage=35, current_step=f"Starting training for {name}"),
-        metadata={"training_start_requested_at": iso(utc_now())},
+        progress=Progress(
+            percentage=Step.START_TRAINING.end, current_step=f"Starting training for {name}"
+        ),
+        bookkeeping={"training_start_requested_at": iso(utc_now())},
     )
-    training_id = client.start_training(
+    training_id = services.client.start_training(
         StartTrainingRequest(strategy_name=name, task_id=op_id, **params)
     )
     stored = store.update(
         op_id,
-        metadata={
-            "training_operation_id": training_id,
-            "training_deadline_ts": time.time() + settings.training_timeout_s,
-            "poll_errors": 0,
+        metadata={"training_operation_id": training_id},
+        bookkeeping={
+            "training_deadline_ts": time.time() + services.settings.training_timeout_s,
         },
     )
     if not stored:
-        # Cancelled between our POST and this write: the canceller could not see the id,
-        # so this starter cancels the job it just started. No orphan either way.
-        cancel_remote_quietly(client, training_id, f"cycle {op_id} ended during start")
-        raise CycleStopped(f"{op_id} ended while its training was starting")
+        # Cancelled between our POST and this write: the canceller could not see the id, so
+        # this starter cancels the job it just started (queued if the API is down right now).
+        services.cancel_remote(training_id, f"cycle {op_id} ended during start")
+        return Ended(f"{op_id} ended while its training was starting")
     log.info("%s training started as %s", op_id, training_id)
-    return training_id
+    return {"training_operation_id": training_id}
 
 
-def cancel_remote_quietly(client: TrainingApiClient, training_id: str, reason: str) -> bool:
-    """Cancel a remote job; False if the API could not be reached (the caller re-queues)."""
-    try:
-        outcome = client.cancel_operation(training_id, reason)
-    except TransientApiError as exc:
-        log.warning("cancel of training %s not delivered yet: %s", training_id, exc)
-        return False
-    except PermanentApiError as exc:
-        log.warning("training API refused to cancel %s: %s", training_id, exc)
-        return True
-    log.info("training %s cancel: %s", training_id, outcome)
-    return True
-
-
-def fail_cycle(store: Store, operation_id: str, message: str) -> bool:
-    return store.finish(operation_id, OperationStatus.FAILED, error_message=message)
-
-
-def run_poll_training(
-    store: Store, client: TrainingApiClient, settings: Settings, operation: Operation
-) -> tuple[PollOutcome, str | None]:
-    """One poll. Returns the outcome and, when the cycle must stop, a training id to cancel."""
-    op_id = operation.operation_id
+def run_poll_training(services: Services, operation: Operation) -> Outcome:
+    """One poll of the remote training: reschedule while it runs, done once it completed."""
+    store, settings, op_id = services.store, services.settings, operation.operation_id
     training_id = operation.training_operation_id
     if not training_id:
-        raise StrategyError("no training operation id was stored by start_training")
-    meta = operation.metadata
-    deadline = float(meta.get("training_deadline_ts") or 0)
+        return Fail("training failed: no training operation id was stored by start_training")
+    deadline = operation.bookkeeping.training_deadline_ts
     if deadline and time.time() > deadline:
-        fail_cycle(
-            store,
-            op_id,
+        return Fail(
             f"training {training_id} timed out after {settings.training_timeout_s:.0f} s "
-            "(KTRDR_TRAINING_TIMEOUT_S); the remote job was cancelled",
+            "(KTRDR_TRAINING_TIMEOUT_S); the remote job was cancelled"
         )
-        return PollOutcome(finished=True), training_id
-
     try:
-        remote = client.get_operation(training_id)
-    except TransientApiError as exc:
-        errors = int(meta.get("poll_errors") or 0) + 1
-        if errors >= settings.poll_max_errors:
-            fail_cycle(
-                store,
-                op_id,
-                f"training API at {settings.api_url} failed {errors} polls in a row "
-                f"(KTRDR_POLL_MAX_ERRORS={settings.poll_max_errors}): {exc}",
-            )
-            return PollOutcome(finished=True), training_id
-        _update_or_stop(store, op_id, metadata={"poll_errors": errors, "last_poll_error": str(exc)})
-        log.warning("%s poll %d/%d failed: %s", op_id, errors, settings.poll_max_errors, exc)
-        return PollOutcome(finished=False, countdown=settings.poll_interval_s), None
+        remote = services.client.get_operation(training_id)
     except OperationNotFoundError:
-        fail_cycle(
-            store,
-            op_id,
+        return Fail(
             f"training service at {settings.api_url} no longer knows training {training_id} "
             "(it may have restarted); start a new cycle",
+            metadata={"training_status": "not_found"},
         )
-        return PollOutcome(finished=True), None
 
     progress = training_progress(remote, operation.strategy_name)
     if remote.is_running:
         _update_or_stop(
-            store,
-            op_id,
-            progress=progress,
-            metadata={"poll_errors": 0, "training_status": remote.status},
+            store, op_id, progress=progress, metadata={"training_status": remote.status}
         )
-        return PollOutcome(finished=False, countdown=settings.poll_interval_s), None
+        return Reschedule(settings.poll_interval_s)
+    return _training_ended(services, operation, remote, progress)
 
-    if remote.status == "completed":
-        if not remote.result_summary:
-            # ktrdr can sync the result a moment after the status: read again, a few times.
-            reads = int(meta.get("empty_result_reads") or 0) + 1
-            if reads >= EMPTY_RESULT_READS:
-                fail_cycle(
-                    store,
-                    op_id,
-                    f"training {training_id} completed but reported no result after {reads} "
-                    "reads; nothing to judge",
-                )
-                return PollOutcome(finished=True), None
-            _update_or_stop(store, op_id, metadata={"empty_result_reads": reads})
-            return PollOutcome(finished=False, countdown=max(settings.poll_interval_s, 0.5)), None
-        _update_or_stop(
-            store,
-            op_id,
-            progress=Progress(
-                percentage=GATE_START, current_step="Training completed", context=progress.context
-            ),
-            metadata={
-                "training_status": "completed",
-                "training_result": remote.result_summary,
-                "model_path": remote.result_summary.get("model_path"),
-            },
-        )
-        return PollOutcome(finished=True), None
 
+def _training_ended(
+    services: Services, operation: Operation, remote: RemoteOperation, progress: Progress
+) -> Outcome:
+    """The remote job is over: keep its result for the gate, or fail saying how it ended."""
+    store, settings, op_id = services.store, services.settings, operation.operation_id
+    training_id = operation.training_operation_id
     if remote.status == "failed":
-        fail_cycle(
-            store,
-            op_id,
+        return Fail(
             f"training {training_id} failed on the training service: "
             f"{remote.error_message or 'no error message given'}",
+            metadata={"training_status": "failed"},
         )
-    else:
-        fail_cycle(store, op_id, f"training {training_id} was cancelled on the training service")
-    raise CycleFailed("training did not complete")
+    if remote.status != "completed":
+        return Fail(
+            f"training {training_id} was cancelled on the training service",
+            metadata={"training_status": "cancelled"},
+        )
+    if not remote.result_summary:
+        # ktrdr can sync the result a moment after the status: read again, a few times.
+        reads = operation.bookkeeping.empty_result_reads + 1
+        if reads >= EMPTY_RESULT_READS:
+            return Fail(
+                f"training {training_id} completed but reported no result after {reads} "
+                "reads; nothing to judge",
+                metadata={"training_status": "completed"},
+            )
+        _update_or_stop(store, op_id, bookkeeping={"empty_result_reads": reads})
+        return Reschedule(max(settings.poll_interval_s, 0.5))
+    _update_or_stop(
+        store,
+        op_id,
+        progress=Progress(
+            percentage=Step.TRAINING_GATE.start,
+            current_step="Training completed",
+            context=progress.context,
+        ),
+        metadata={
+            "training_status": "completed",
+            "training_result": remote.result_summary,
+            "model_path": remote.result_summary.get("model_path"),
+        },
+    )
+    return {"training": "completed"}
 
 
-def run_training_gate(store: Store, settings: Settings, operation: Operation) -> bool:
-    """Judge the training; True to go on. A failed gate fails the cycle with its reasons."""
-    op_id = operation.operation_id
+def run_training_gate(store: Store, settings: Settings, operation: Operation) -> Outcome:
+    """Judge the training; a failed gate fails the cycle with its reasons."""
     verdict = judge_training_result(
         operation.metadata.get("training_result"), thresholds_of(settings)
     )
@@ -362,34 +353,44 @@ def run_training_gate(store: Store, settings: Settings, operation: Operation) ->
         "reasons": list(verdict.reasons),
         "metrics": verdict.metrics,
     }
-    if verdict.passed or bypassed:
-        _update_or_stop(
-            store,
-            op_id,
-            progress=Progress(percentage=GATE_END, current_step=f"Training gate {gate['outcome']}"),
+    end = Step.TRAINING_GATE.end
+    if not (verdict.passed or bypassed):
+        return Fail(
+            f"Training gate failed: {verdict.reason}",
             metadata={"gate": gate},
+            progress=Progress(percentage=end, current_step="Training gate failed"),
         )
-        return True
-    store.finish(
-        op_id,
-        OperationStatus.FAILED,
-        error_message=f"Training gate failed: {verdict.reason}",
-        metadata={"gate": gate},
-        progress=Progress(percentage=GATE_END, current_step="Training gate failed"),
-    )
-    return False
-
-
-def run_stub_phase(store: Store, operation: Operation, step: Step) -> None:
-    """Backtest and assessment are not built yet: say so in the record, do not pretend."""
-    name = "backtest" if step is Step.BACKTEST else "assessment"
-    percentage = 95.0 if step is Step.BACKTEST else 99.0
     _update_or_stop(
         store,
         operation.operation_id,
-        progress=Progress(percentage=percentage, current_step=f"{name.capitalize()} (stub)"),
-        metadata={name: {"stub": True, "message": f"{name} phase not implemented yet"}},
+        progress=Progress(percentage=end, current_step=f"Training gate {gate['outcome']}"),
+        metadata={"gate": gate},
     )
+    return {"gate": gate["outcome"]}
+
+
+# -- the phases still to come -------------------------------------------------------------
+
+
+def run_stub_phase(store: Store, operation: Operation, step: Step) -> dict[str, Any]:
+    """Backtest and assessment are not built yet: say so in the record, do not pretend."""
+    key = "backtest" if step is Step.BACKTEST else "assessment"
+    _update_or_stop(
+        store,
+        operation.operation_id,
+        progress=Progress(percentage=step.start, current_step=f"{step.label.capitalize()} (stub)"),
+        metadata={key: {"stub": True, "message": f"{key} phase not implemented yet"}},
+    )
+    return {key: "stub"}
+
+
+def run_assess(store: Store, operation: Operation) -> Outcome:
+    """The (stub) assessment, then the cycle is completed."""
+    run_stub_phase(store, operation, Step.ASSESS)
+    if not complete_cycle(store, store.get(operation.operation_id)):
+        return Ended("cycle ended before it could complete")
+    log.info("%s completed", operation.operation_id)
+    return {"status": "completed"}
 
 
 def complete_cycle(store: Store, operation: Operation) -> bool:
@@ -411,5 +412,5 @@ def complete_cycle(store: Store, operation: Operation) -> bool:
         OperationStatus.COMPLETED,
         result_summary=summary,
         phase=Phase.DONE,
-        progress=Progress(percentage=100, current_step="Research cycle completed"),
+        progress=Progress(percentage=Step.ASSESS.end, current_step="Research cycle completed"),
     )

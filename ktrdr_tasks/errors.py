@@ -1,21 +1,30 @@
-"""The exception tree of ktrdr-tasks: retry and exit-code decisions read the type, never text.
+"""The exception tree of ktrdr-tasks and the exit codes: decisions read the type, never text.
 
 KtrdrTasksError
 +-- ConfigurationError        settings that cannot work together (fail at start-up)
 +-- StrategyError             bad strategy name, missing file, bad YAML, missing field
 |   +-- StrategyValidationError   the document breaks the ktrdr strategy schema
+|   +-- StrategyExistsError       a design would overwrite an existing file
 +-- DesignError               the designer could not produce a valid strategy
 +-- TrainingApiError          the remote training service answered badly
 |   +-- TransientApiError     connection refused, timeout, 5xx: retry
 |   +-- PermanentApiError     4xx, malformed body: fail the cycle, say what to fix
 |       +-- OperationNotFoundError   404 on an operation id: the host lost it
 +-- OperationStateError       unknown operation id, or a transition from a final status
+|   +-- CycleEnded            a step found its cycle ended (or moved on) elsewhere: stop quietly
 +-- StoreUnavailableError     Redis cannot be reached
++-- FollowTimeout             a followed cycle did not end in the time allowed
++-- StackError                a local process could not start, or a stack already runs here
+
+In a step, the policy is the subtree: transient (retry within the error budget), `CycleEnded`
+(stop without side effects), anything else (fail the cycle with the message).
+The exit codes of every command are defined here too, with the one mapping from the tree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 
 class KtrdrTasksError(Exception):
@@ -51,6 +60,10 @@ class StrategyValidationError(StrategyError):
         super().__init__(f"{source} is invalid: {listed}")
 
 
+class StrategyExistsError(StrategyError):
+    """A strategy file with this name already exists; designs never overwrite one."""
+
+
 class DesignError(KtrdrTasksError):
     """The design phase could not produce a strategy (designer failure, LLM error, timeout)."""
 
@@ -81,3 +94,48 @@ class OperationStateError(KtrdrTasksError):
 
 class StoreUnavailableError(KtrdrTasksError):
     """Redis cannot be reached at the configured URL."""
+
+
+class CycleEnded(OperationStateError):
+    """The cycle ended (cancelled, failed) or moved on without this run: stop quietly."""
+
+
+class FollowTimeout(KtrdrTasksError):
+    """The cycle did not end within the time the caller allowed."""
+
+
+class StackError(KtrdrTasksError):
+    """A local process could not be started, or a stack is already running here."""
+
+
+class ExitCode(IntEnum):
+    """Process exit codes scripts can rely on (README "Exit codes")."""
+
+    OK = 0
+    CYCLE_NOT_COMPLETED = 1
+    """`--follow`: the cycle ended failed or cancelled; a refused trigger; demo: no verdict."""
+    BAD_INPUT = 2
+    """Bad usage or input: unknown strategy, invalid file, unknown operation id."""
+    UNAVAILABLE = 3
+    """A service is unreachable (Redis, the training API), or the demo stack did not start."""
+    CONFIG = 4
+    """Configuration error (e.g. Flower beyond loopback without credentials)."""
+    INTERRUPTED = 130
+    """Ctrl+C or SIGTERM."""
+
+
+EXIT_OK = ExitCode.OK
+EXIT_CYCLE_NOT_COMPLETED = ExitCode.CYCLE_NOT_COMPLETED
+EXIT_BAD_INPUT = ExitCode.BAD_INPUT
+EXIT_UNAVAILABLE = ExitCode.UNAVAILABLE
+EXIT_CONFIG = ExitCode.CONFIG
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
+
+
+def exit_code_for(error: KtrdrTasksError) -> ExitCode:
+    """The one mapping from the exception tree to process exit codes."""
+    if isinstance(error, ConfigurationError):
+        return ExitCode.CONFIG
+    if isinstance(error, StoreUnavailableError | TransientApiError):
+        return ExitCode.UNAVAILABLE
+    return ExitCode.BAD_INPUT

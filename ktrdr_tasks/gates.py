@@ -9,10 +9,11 @@ test_accuracy`) instead of treating it as zero.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ktrdr_tasks.models import finite_number as _number
 
 PASSED = "passed"
 
@@ -59,13 +60,6 @@ class GateVerdict:
     @property
     def reason(self) -> str:
         return PASSED if self.passed else "; ".join(self.reasons)
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
 
 
 def _training_failures(metrics: Mapping[str, Any], thresholds: TrainingThresholds) -> list[str]:

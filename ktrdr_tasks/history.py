@@ -29,7 +29,8 @@ def history_entry(operation: Operation) -> dict[str, Any]:
         "verdict": verdict,
         "gate_reasons": gate.get("reasons") or [],
         "test_accuracy": metrics.get("accuracy"),
-        "test_loss": metrics.get("final_loss"),
+        # The gate named the test loss `final_loss` before it was `test_loss`.
+        "test_loss": metrics.get("test_loss", metrics.get("final_loss")),
         "error_message": operation.error_message,
         "finished_at": operation.completed_at,
     }

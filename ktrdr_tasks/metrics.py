@@ -41,6 +41,7 @@ from ktrdr_tasks.errors import (
     TrainingApiError,
     TransientApiError,
 )
+from ktrdr_tasks.history import history_entry
 from ktrdr_tasks.models import Operation, OperationStatus, parse_iso
 
 log = logging.getLogger("ktrdr_tasks.metrics")
@@ -108,12 +109,7 @@ def training_ended(outcome: str, seconds: float) -> None:
 
 def verdict_of(operation: Operation) -> str:
     """The same verdicts `ktrdr agent history` shows."""
-    gate = operation.metadata.get("gate") or {}
-    if operation.status is OperationStatus.COMPLETED:
-        return "bypassed" if gate.get("outcome") == "bypassed" else "passed"
-    if gate.get("outcome") == "failed":
-        return "gate_failed"
-    return operation.status.value
+    return str(history_entry(operation)["verdict"])
 
 
 def gate_reason_codes(reasons: list[Any]) -> list[str]:
@@ -145,7 +141,7 @@ def cycle_finished(operation: Operation) -> None:
                 instruments["gates"].labels(
                     gate=str(gate["name"]), outcome=outcome, reason=reason
                 ).inc()
-        started = operation.metadata.get("training_start_requested_at")
+        started = operation.bookkeeping.training_start_requested_at
         training_status = operation.metadata.get("training_status")
         # A completed training was timed by the poll that saw it end; the others end here.
         if started and operation.completed_at and training_status != "completed":
@@ -204,12 +200,6 @@ class ActiveCyclesCollector:
         yield gauge
 
 
-def _active_count() -> int:
-    from ktrdr_tasks.store import get_store
-
-    return len(get_store().active_ids())
-
-
 def prepare_multiprocess_dir() -> str:
     """A clean directory for the pool's metric files, set before prometheus-client loads.
 
@@ -233,15 +223,19 @@ def prepare_multiprocess_dir() -> str:
     return directory
 
 
-def serve_worker_metrics(port: int, bind: str) -> Any:
-    """Serve `/metrics` for a worker and its pool; returns the server (None if it failed)."""
+def serve_worker_metrics(port: int, bind: str, active_count: Callable[[], int]) -> Any:
+    """Serve `/metrics` for a worker and its pool; returns the server (None if it failed).
+
+    `active_count` reads the active cycles (the store's, handed in: the store reports to this
+    module, so this module does not import it).
+    """
     directory = prepare_multiprocess_dir()
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
-    registry.register(ActiveCyclesCollector(_active_count))
+    registry.register(ActiveCyclesCollector(active_count))
     try:
         server, _thread = start_http_server(port, addr=bind, registry=registry)
     except OSError as exc:

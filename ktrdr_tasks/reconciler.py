@@ -13,12 +13,14 @@ forever; it is failed (and its remote job cancelled) only once its heartbeat is 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from ktrdr_tasks.cycle import Step
+from ktrdr_tasks.cycle import Services, fail_cycle
 from ktrdr_tasks.models import Operation, parse_iso
-from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.store import Store
+from ktrdr_tasks.remote import cancel_orphaned_job
+from ktrdr_tasks.steps import FIRST_STEP, LAST_STEP, Step
+from ktrdr_tasks.workflow import chain_task_ids, enqueue_steps
 
 log = logging.getLogger("ktrdr_tasks.reconciler")
 
@@ -32,11 +34,15 @@ def heartbeat_age(operation: Operation, now: float) -> float:
     return now - parse_iso(stamp).timestamp()
 
 
+ResumeChain = Callable[[str, dict[Step, str]], None]
+"""Enqueues the rest of a cycle's chain: (operation id, task ids of the steps to run)."""
+
+
 def resume_step(operation: Operation) -> Step:
-    """Where to pick up: the recorded step, redone idempotently (design if none ran)."""
-    if operation.step < Step.DESIGN:
-        return Step.DESIGN
-    return Step(min(operation.step, Step.ASSESS))
+    """Where to pick up: the recorded step, redone idempotently (the first if none ran)."""
+    if operation.step < FIRST_STEP:
+        return FIRST_STEP
+    return Step(min(operation.step, LAST_STEP))
 
 
 def resumes_without_progress(operation: Operation) -> int:
@@ -45,72 +51,88 @@ def resumes_without_progress(operation: Operation) -> int:
     Not the heartbeat: a resumed step that enters (writing the heartbeat) and then kills its
     worker would look like progress, and be resumed forever.
     """
-    meta = operation.metadata
-    if "resumed_at_step" not in meta:
+    books = operation.bookkeeping
+    if books.resumed_at_step is None:
         return 0
-    moved_on = operation.step > int(meta["resumed_at_step"]) or operation.progress.percentage > (
-        float(meta.get("resumed_at_pct") or 0.0)
+    moved_on = operation.step > books.resumed_at_step or operation.progress.percentage > (
+        books.resumed_at_pct or 0.0
     )
-    return 0 if moved_on else int(meta.get("resume_count") or 0)
+    return 0 if moved_on else books.resume_count
 
 
-def reconcile_cycles(store: Store, settings: Settings, now: float) -> dict[str, list[str]]:
-    from ktrdr_tasks import cycle
-    from ktrdr_tasks.tasks import request_remote_cancel
-    from ktrdr_tasks.workflow import chain_task_ids, research_chain
-
+def reconcile_cycles(
+    services: Services, now: float, resume: ResumeChain = enqueue_steps
+) -> dict[str, list[str]]:
+    """One pass over the active cycles; returns the ids resumed and failed."""
     report: dict[str, list[str]] = {"resumed": [], "failed": []}
-    for operation in store.active_operations():
-        age = heartbeat_age(operation, now)
-        op_id = operation.operation_id
-        # A resume leaves the heartbeat alone (it is no progress); wait a full
-        # `resume_after_s` after it before judging again, so resumes are not fired every pass.
-        resumed_at = operation.metadata.get("resumed_at_ts")
-        quiet = min(age, now - float(resumed_at)) if resumed_at else age
-        if quiet < settings.resume_after_s:
+    for operation in services.store.active_operations():
+        if not _needs_attention(services, operation, now):
             continue
-        if operation.step >= Step.DESIGN and store.lease_remaining_s(
-            op_id, Step(min(operation.step, Step.ASSESS)).name
+        if heartbeat_age(operation, now) >= services.settings.lost_after_s:
+            if _fail_lost(services, operation, now):
+                report["failed"].append(operation.operation_id)
+        elif resumes_without_progress(operation) < MAX_RESUMES and _resume(
+            services, operation, now, resume
         ):
-            # A live run holds the step (a long design renews its lease, not the heartbeat);
-            # a dead run's lease expires within the lease TTL.
-            continue
-        resumes = resumes_without_progress(operation)
-        if age >= settings.lost_after_s:
-            message = (
-                f"cycle lost: no worker progressed it since {operation.heartbeat_at} "
-                f"({age:.0f} s, {resumes} resumes); check that workers are running "
-                "(celery -A ktrdr_tasks worker)"
-            )
-            if cycle.fail_cycle(store, op_id, message):
-                report["failed"].append(op_id)
-                log.warning("%s %s", op_id, message)
-                if operation.training_operation_id:
-                    request_remote_cancel(operation.training_operation_id, message)
-            continue
-        if resumes >= MAX_RESUMES:
-            continue
-
-        step = resume_step(operation)
-        ids = chain_task_ids(step)
-        changes: dict[str, Any] = {
-            "resume_count": resumes + 1,
-            "resumed_at_step": operation.step,
-            "resumed_at_pct": operation.progress.percentage,
-            "resumed_from_step": step.name,
-            "resumed_at_ts": now,
-        }
-        if Step.POLL_TRAINING in ids:
-            changes["poll_task_id"] = ids[Step.POLL_TRAINING]
-        if not store.update(
-            op_id,
-            metadata=changes,
-            task_ids=[*operation.task_ids, *ids.values()],
-            # Not a heartbeat: "lost since" and KTRDR_LOST_AFTER_S count from the last real one.
-            heartbeat=False,
-        ):
-            continue
-        research_chain(op_id, ids).apply_async()
-        report["resumed"].append(op_id)
-        log.warning("%s stale for %.0f s: resumed at %s", op_id, age, step.name)
+            report["resumed"].append(operation.operation_id)
     return report
+
+
+def _needs_attention(services: Services, operation: Operation, now: float) -> bool:
+    """Stale for a full resume period, and no live run holds its step."""
+    age = heartbeat_age(operation, now)
+    # A resume leaves the heartbeat alone (it is no progress); wait a full `resume_after_s`
+    # after it before judging again, so resumes are not fired every pass.
+    resumed_at = operation.bookkeeping.resumed_at_ts
+    quiet = min(age, now - resumed_at) if resumed_at else age
+    if quiet < services.settings.resume_after_s:
+        return False
+    # A live run holds the step (a long design renews its lease, not the heartbeat); a dead
+    # run's lease expires within the lease TTL.
+    return not (
+        operation.step >= FIRST_STEP
+        and services.store.lease_remaining_s(operation.operation_id, resume_step(operation).name)
+    )
+
+
+def _fail_lost(services: Services, operation: Operation, now: float) -> bool:
+    store, op_id = services.store, operation.operation_id
+    message = (
+        f"cycle lost: no worker progressed it since {operation.heartbeat_at} "
+        f"({heartbeat_age(operation, now):.0f} s, {resumes_without_progress(operation)} "
+        "resumes); check that workers are running (celery -A ktrdr_tasks worker)"
+    )
+    if not fail_cycle(store, op_id, message):
+        return False
+    log.warning("%s %s", op_id, message)
+    cancel_orphaned_job(services.client, store.find(op_id), services.requeue_cancel)
+    return True
+
+
+def _resume(services: Services, operation: Operation, now: float, resume: ResumeChain) -> bool:
+    """Re-enqueue the rest of the chain from the recorded step, with fresh task ids."""
+    op_id = operation.operation_id
+    step = resume_step(operation)
+    ids = chain_task_ids(step)
+    changes: dict[str, Any] = {
+        "resume_count": resumes_without_progress(operation) + 1,
+        "resumed_at_step": operation.step,
+        "resumed_at_pct": operation.progress.percentage,
+        "resumed_from_step": step.name,
+        "resumed_at_ts": now,
+    }
+    if Step.POLL_TRAINING in ids:  # the resumed poll owns the cycle; a late original stops
+        changes["poll_task_id"] = ids[Step.POLL_TRAINING]
+    if not services.store.update(
+        op_id,
+        bookkeeping=changes,
+        task_ids=[*operation.task_ids, *ids.values()],
+        # Not a heartbeat: "lost since" and KTRDR_LOST_AFTER_S count from the last real one.
+        heartbeat=False,
+    ):
+        return False
+    resume(op_id, ids)
+    log.warning(
+        "%s stale for %.0f s: resumed at %s", op_id, heartbeat_age(operation, now), step.name
+    )
+    return True

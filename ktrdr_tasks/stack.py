@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ktrdr_tasks.errors import ConfigurationError, KtrdrTasksError
+from ktrdr_tasks.errors import ConfigurationError, StackError
 from ktrdr_tasks.settings import Settings
 
 LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -46,10 +46,6 @@ ENV_FILE = "stack.env"
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
-
-
-class StackError(KtrdrTasksError):
-    """A local process could not be started, or a stack is already running here."""
 
 
 # -- Flower's rule: credentials whenever it listens beyond loopback ---------------------------

@@ -1,22 +1,12 @@
 """The only module that talks to Redis: operation records, their indexes, leases and history.
 
 Each operation is a hash. Scalar fields are stored as text; structured ones (`progress`,
-`task_ids`, `result_summary`) as JSON; every metadata key is its own `m.<key>` field holding
-JSON, so two writers updating different metadata keys never lose each other's writes.
-Every write that can race (create under the active limit, status changes, progress) is one
-Lua script, so Redis itself serialises the check and the write:
-
-    CREATE   KEYS active, op, index       ARGV limit, op_id, created_ts, field/value...
-             -> {1} created | {0, active ids...} refused
-    UPDATE   KEYS op, active              ARGV expected statuses ("" = any active), new status
-                                               ("" = unchanged), progress pct ("" = none),
-                                               progress json, retention s, step ("" = none),
-                                               field/value...
-             -> {1, status} applied | {0, current status, "" or "stale"} refused
-             Terminal statuses are final; progress is written only when it does not go back;
-             `started_at` is written once, by the first move to running;
-             the step (position in the chain) only moves forward, so a stale duplicate of an
-             earlier task learns that the chain has moved on and stops.
+`task_ids`, `result_summary`) as JSON; every metadata key is its own `m.<key>` field and every
+bookkeeping field its own `b.<field>`, holding JSON, so two writers updating different keys
+never lose each other's writes. Every write that can race (create under the active limit,
+status changes, progress, claims, leases) is one Lua script, so Redis itself serialises the
+check and the write. Each script below documents its KEYS, ARGV and answer; every key it
+touches is passed in KEYS, built by the key functions from the one `PREFIX`.
 
 Keys live in the functions below, never in f-strings at call sites.
 """
@@ -40,6 +30,7 @@ from ktrdr_tasks.errors import OperationStateError, StoreUnavailableError
 from ktrdr_tasks.history import history_entry
 from ktrdr_tasks.models import (
     ACTIVE_STATUSES,
+    BOOKKEEPING_FIELDS,
     TERMINAL_STATUSES,
     Operation,
     OperationStatus,
@@ -79,14 +70,25 @@ local function is_terminal(s)
 end
 """
 
-_CREATE = (
+# PRUNE: forget an active-set member whose record expired or ended, so a lost write can never
+# block triggers (run for each member before CREATE; removing a stale member is always safe).
+#   KEYS[1] active set, KEYS[2] the member's operation hash
+#   ARGV[1] the member's operation id
+#   -> 1 removed, 0 kept (still active)
+_PRUNE = (
     _LUA_HELPERS
     + """
--- Drop members whose record expired or ended, so a lost write can never block triggers.
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local s = redis.call('HGET', 'ktrdr:op:' .. id, 'status')
-  if (not s) or is_terminal(s) then redis.call('SREM', KEYS[1], id) end
-end
+local s = redis.call('HGET', KEYS[2], 'status')
+if (not s) or is_terminal(s) then return redis.call('SREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+)
+
+# CREATE: store a new operation unless `limit` cycles are active, atomically.
+#   KEYS[1] active set, KEYS[2] the new operation hash, KEYS[3] index (sorted by creation)
+#   ARGV[1] limit, ARGV[2] operation id, ARGV[3] creation timestamp, ARGV[4..] field, value...
+#   -> {1} created | {0, active ids...} refused
+_CREATE = """
 local limit = tonumber(ARGV[1])
 if redis.call('SCARD', KEYS[1]) >= limit then
   local result = {0}
@@ -98,8 +100,19 @@ redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return {1}
 """
-)
 
+# UPDATE: the one compare-and-set behind every change of an operation.
+#   KEYS[1] operation hash, KEYS[2] active set
+#   ARGV[1] expected statuses, comma-separated ("" = any active)
+#   ARGV[2] new status ("" = unchanged)
+#   ARGV[3] progress percentage ("" = no progress), ARGV[4] progress JSON
+#   ARGV[5] retention in seconds (the record expires that long after a final status)
+#   ARGV[6] step, the position in the chain ("" = unchanged)
+#   ARGV[7] operation id (the active-set member), ARGV[8..] field, value...
+#   -> {1, status} applied | {0, current status or ""} refused | {0, "stale"} step went back
+# Terminal statuses are final; progress is written only when it does not go back;
+# `started_at` is written once, by the first move to running; the step only moves forward,
+# so a stale duplicate of an earlier task learns that the chain has moved on and stops.
 _UPDATE = (
     _LUA_HELPERS
     + """
@@ -121,7 +134,7 @@ if ARGV[3] ~= '' then
     redis.call('HSET', KEYS[1], 'progress_pct', ARGV[3], 'progress', ARGV[4])
   end
 end
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   if ARGV[i] == 'started_at' then
     redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
   else
@@ -133,7 +146,7 @@ if ARGV[2] ~= '' then
   status = ARGV[2]
   redis.call('HSET', KEYS[1], 'status', status)
   if is_terminal(status) then
-    redis.call('SREM', KEYS[2], string.match(KEYS[1], '^ktrdr:op:(.*)$'))
+    redis.call('SREM', KEYS[2], ARGV[7])
     redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
   end
 end
@@ -141,6 +154,10 @@ return {1, status}
 """
 )
 
+# CLAIM: set a field of an active operation unless some writer already set it.
+#   KEYS[1] operation hash
+#   ARGV[1] field, ARGV[2] value
+#   -> 1 claimed, 0 already set (or the operation ended or is unknown)
 _CLAIM = (
     _LUA_HELPERS
     + """
@@ -150,11 +167,19 @@ return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 """
 )
 
+# RELEASE: drop a lease only if this run holds it.
+#   KEYS[1] lease key
+#   ARGV[1] the run's token
+#   -> 1 released, 0 held by another run or expired
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
+# RENEW: extend a lease only if this run holds it.
+#   KEYS[1] lease key
+#   ARGV[1] the run's token, ARGV[2] new time to live in milliseconds
+#   -> 1 renewed, 0 held by another run or expired
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -176,6 +201,7 @@ _TEXT_FIELDS = (
     "heartbeat_at",
 )
 _METADATA_PREFIX = "m."
+_BOOKKEEPING_PREFIX = "b."
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -204,7 +230,7 @@ def _encode_fields(values: Mapping[str, Any]) -> list[str]:
     for name, value in values.items():
         if value is None and name in _TEXT_FIELDS:
             continue
-        if name in _JSON_FIELDS or name.startswith(_METADATA_PREFIX):
+        if name in _JSON_FIELDS or name.startswith((_METADATA_PREFIX, _BOOKKEEPING_PREFIX)):
             encoded = json.dumps(value, default=str)
         else:
             encoded = str(value)
@@ -216,11 +242,20 @@ def _metadata_fields(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {f"{_METADATA_PREFIX}{key}": value for key, value in metadata.items()}
 
 
+def _bookkeeping_fields(bookkeeping: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(bookkeeping) - BOOKKEEPING_FIELDS
+    if unknown:
+        raise ValueError(f"not bookkeeping fields: {', '.join(sorted(unknown))}")
+    return {f"{_BOOKKEEPING_PREFIX}{key}": value for key, value in bookkeeping.items()}
+
+
 def _decode_operation(raw: Mapping[str, str]) -> Operation:
-    record: dict[str, Any] = {"metadata": {}}
+    record: dict[str, Any] = {"metadata": {}, "bookkeeping": {}}
     for name, text in raw.items():
         if name.startswith(_METADATA_PREFIX):
             record["metadata"][name[len(_METADATA_PREFIX) :]] = json.loads(text)
+        elif name.startswith(_BOOKKEEPING_PREFIX):
+            record["bookkeeping"][name[len(_BOOKKEEPING_PREFIX) :]] = json.loads(text)
         elif name in _JSON_FIELDS:
             record[name] = json.loads(text)
         elif name in _TEXT_FIELDS:
@@ -235,6 +270,7 @@ class Store:
         self.redis = client
         self.retention_s = int(retention_s)
         self.safe_url = safe_url
+        self._prune = client.register_script(_PRUNE)
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
         self._claim = client.register_script(_CLAIM)
@@ -273,8 +309,11 @@ class Store:
         """
         fields = operation.model_dump(exclude={"metadata"}, mode="json")
         fields.update(_metadata_fields(operation.metadata))
+        fields.update(_bookkeeping_fields(operation.bookkeeping.model_dump(exclude_defaults=True)))
         fields["progress_pct"] = operation.progress.percentage
         created_ts = time.time()
+        for active_id in self.redis.smembers(active_key()):
+            self._prune(keys=[active_key(), operation_key(active_id)], args=[active_id])
         answer = self._create(
             keys=[active_key(), operation_key(operation.operation_id), index_key()],
             args=[limit, operation.operation_id, created_ts, *_encode_fields(fields)],
@@ -376,6 +415,7 @@ class Store:
         phase: Phase | None = None,
         progress: Progress | None = None,
         metadata: Mapping[str, Any] | None = None,
+        bookkeeping: Mapping[str, Any] | None = None,
         step: int | None = None,
         heartbeat: bool = True,
         **fields: Any,
@@ -395,6 +435,7 @@ class Store:
         if status is OperationStatus.RUNNING:
             values.setdefault("started_at", now)
         values.update(_metadata_fields(metadata or {}))
+        values.update(_bookkeeping_fields(bookkeeping or {}))
         expected = ",".join(sorted(s.value for s in (expect or ACTIVE_STATUSES)))
         answer = self._update(
             keys=[operation_key(operation_id), active_key()],
@@ -405,6 +446,7 @@ class Store:
                 progress.model_dump_json() if progress else "",
                 self.retention_s,
                 "" if step is None else int(step),
+                operation_id,
                 *_encode_fields(values),
             ],
         )
@@ -419,6 +461,7 @@ class Store:
         result_summary: dict[str, Any] | None = None,
         progress: Progress | None = None,
         metadata: Mapping[str, Any] | None = None,
+        bookkeeping: Mapping[str, Any] | None = None,
         phase: Phase | None = None,
     ) -> bool:
         """Move an active operation to a final status; False if it had already ended."""
@@ -435,6 +478,7 @@ class Store:
             status=status,
             progress=progress,
             metadata=metadata,
+            bookkeeping=bookkeeping,
             phase=phase,
             **extra,
         )

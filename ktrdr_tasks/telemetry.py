@@ -31,6 +31,7 @@ from celery.signals import (
 from ktrdr_tasks import logs, metrics
 from ktrdr_tasks.models import parse_iso
 from ktrdr_tasks.settings import get_settings
+from ktrdr_tasks.store import get_store
 
 log = logging.getLogger("ktrdr_tasks.telemetry")
 
@@ -51,7 +52,9 @@ def serve_metrics(**_: Any) -> None:
     if not settings.metrics_port:
         return
     owned = not os.environ.get(metrics.MULTIPROC_ENV)
-    server = metrics.serve_worker_metrics(settings.metrics_port, settings.metrics_bind)
+    server = metrics.serve_worker_metrics(
+        settings.metrics_port, settings.metrics_bind, lambda: len(get_store().active_ids())
+    )
     if server is not None:
         _served.update(server=server, directory=os.environ[metrics.MULTIPROC_ENV], owned=owned)
 
@@ -91,10 +94,8 @@ def on_task_success(sender: Task | None = None, result: Any = None, **_: Any) ->
     if sender is None or sender.name != POLL_TASK or result != {"training": "completed"}:
         return
     try:
-        from ktrdr_tasks.store import get_store
-
         operation = get_store().find(str(sender.request.args[0]))
-        started = operation.metadata.get("training_start_requested_at") if operation else None
+        started = operation.bookkeeping.training_start_requested_at if operation else None
         if started:
             metrics.training_ended("completed", time.time() - parse_iso(started).timestamp())
     except Exception:

@@ -7,13 +7,15 @@ A web backend calls `trigger()` (or builds `research_chain(op_id)` and calls
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from celery import chain
 
 from ktrdr_tasks.app import app
-from ktrdr_tasks.cycle import Step
 from ktrdr_tasks.errors import OperationStateError, StoreUnavailableError
 from ktrdr_tasks.models import (
     Operation,
@@ -24,22 +26,19 @@ from ktrdr_tasks.models import (
     new_operation_id,
     utc_now,
 )
+from ktrdr_tasks.remote import cancel_orphaned_job
 from ktrdr_tasks.settings import get_settings
-from ktrdr_tasks.store import Store, get_store
+from ktrdr_tasks.steps import FIRST_STEP, Step, steps_from
+from ktrdr_tasks.store import Store, get_store, reset_store
 from ktrdr_tasks.strategy import load_strategy_config, validate_strategy_name
+from ktrdr_tasks.training_api import get_client
 
 log = logging.getLogger("ktrdr_tasks.workflow")
 
 
-def _task_names() -> dict[Step, str]:
-    from ktrdr_tasks.tasks import STEP_TASK_NAMES
-
-    return STEP_TASK_NAMES
-
-
-def chain_task_ids(from_step: Step = Step.DESIGN) -> dict[Step, str]:
+def chain_task_ids(from_step: Step = FIRST_STEP) -> dict[Step, str]:
     """Fresh task ids for the steps from `from_step` on, fixed before anything is enqueued."""
-    return {step: str(uuid.uuid4()) for step in Step if step >= from_step}
+    return {step: str(uuid.uuid4()) for step in steps_from(from_step)}
 
 
 def research_chain(operation_id: str, task_ids: dict[Step, str] | None = None) -> chain:
@@ -48,12 +47,16 @@ def research_chain(operation_id: str, task_ids: dict[Step, str] | None = None) -
     `task_ids` selects the steps (and their ids); by default the whole chain with new ids.
     """
     ids = task_ids or chain_task_ids()
-    names = _task_names()
     signatures = [
-        app.signature(names[step], args=(operation_id,), immutable=True).set(task_id=ids[step])
+        app.signature(step.task_name, args=(operation_id,), immutable=True).set(task_id=ids[step])
         for step in sorted(ids)
     ]
     return chain(*signatures)
+
+
+def enqueue_steps(operation_id: str, task_ids: dict[Step, str]) -> None:
+    """Enqueue the chain of the steps in `task_ids` (a resume picks up part of a cycle)."""
+    research_chain(operation_id, task_ids).apply_async()
 
 
 def trigger(
@@ -151,8 +154,6 @@ def cancel(operation_id: str, store: Store | None = None) -> dict[str, Any]:
     only a backup (tasks check the record); the remote cancel retries through a task when the
     training API is briefly unreachable.
     """
-    from ktrdr_tasks.tasks import request_remote_cancel
-
     store = store or get_store()
     operation = store.cancel(operation_id)
     if operation.task_ids:
@@ -160,10 +161,7 @@ def cancel(operation_id: str, store: Store | None = None) -> dict[str, Any]:
             app.control.revoke(operation.task_ids)
         except Exception as exc:  # revoke is a backup; the record already says cancelled
             log.warning("%s revoke broadcast failed: %s", operation_id, exc)
-    remote = None
-    if operation.training_operation_id:
-        remote = operation.training_operation_id
-        request_remote_cancel(remote, f"cycle {operation_id} cancelled")
+    remote = cancel_orphaned_job(get_client(), operation)
     log.info("%s cancelled (remote training: %s)", operation_id, remote or "none")
     answer = operation.model_dump(mode="json")
     answer["cancelled_training_operation_id"] = remote
@@ -188,3 +186,26 @@ def list_operations(
 
 def history(limit: int = 20, store: Store | None = None) -> list[dict[str, Any]]:
     return (store or get_store()).recent_history(limit)
+
+
+def use_environment(env: Mapping[str, str]) -> None:
+    """Point this process (trigger, status, cancel, revoke) at the services `env` names.
+
+    Settings, the store and the Celery app each read the environment once; a process that
+    starts its own stack (the demo, a test module with its own redis-server) makes all three
+    read it again here, the one place that knows how.
+    """
+    os.environ.update(env)
+    get_settings.cache_clear()
+    reset_store()
+    # The app read its configuration module (and REDIS_URL through it) on first use: drop the
+    # connection pools and cached objects built on it, and have it read the module again.
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    for cached in ("amqp", "control"):
+        app.__dict__.pop(cached, None)
+    source = getattr(app, "_config_source", None)
+    if isinstance(source, str):
+        sys.modules.pop(source, None)
+    app._conf = None

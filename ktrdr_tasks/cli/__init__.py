@@ -19,33 +19,18 @@ import sys
 import click
 
 from ktrdr_tasks import __version__
-from ktrdr_tasks.errors import (
-    ConfigurationError,
+from ktrdr_tasks.errors import (  # noqa: F401  (the exit codes, defined with the error tree)
+    EXIT_BAD_INPUT,
+    EXIT_CONFIG,
+    EXIT_CYCLE_NOT_COMPLETED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
     KtrdrTasksError,
-    OperationStateError,
-    StoreUnavailableError,
-    StrategyError,
-    TransientApiError,
+    exit_code_for,
 )
 
-EXIT_OK = 0
-EXIT_CYCLE_NOT_COMPLETED = 1
-EXIT_BAD_INPUT = 2
-EXIT_UNAVAILABLE = 3
-EXIT_CONFIG = 4
-EXIT_INTERRUPTED = 130
 MAX_ERROR_CHARS = 1000
-
-
-def exit_code_for(error: KtrdrTasksError) -> int:
-    """The one mapping from the exception tree to process exit codes."""
-    if isinstance(error, ConfigurationError):
-        return EXIT_CONFIG
-    if isinstance(error, StoreUnavailableError | TransientApiError):
-        return EXIT_UNAVAILABLE
-    if isinstance(error, StrategyError | OperationStateError):
-        return EXIT_BAD_INPUT
-    return EXIT_BAD_INPUT
 
 
 def one_line_error(message: object) -> str:

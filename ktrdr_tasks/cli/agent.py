@@ -14,9 +14,9 @@ import click
 
 from ktrdr_tasks import workflow
 from ktrdr_tasks.cli.follow import follow_from_command, one_line
+from ktrdr_tasks.errors import EXIT_CYCLE_NOT_COMPLETED as EXIT_REFUSED
 from ktrdr_tasks.errors import OperationStateError
 
-EXIT_REFUSED = 1
 REASON_WIDTH = 70
 
 

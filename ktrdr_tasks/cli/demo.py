@@ -24,7 +24,10 @@ from typing import Any
 import click
 
 from ktrdr_tasks.cli.follow import FollowTimeout, follow_operation
-from ktrdr_tasks.errors import KtrdrTasksError
+from ktrdr_tasks.errors import EXIT_CYCLE_NOT_COMPLETED as EXIT_NO_VERDICT
+from ktrdr_tasks.errors import EXIT_INTERRUPTED, KtrdrTasksError
+from ktrdr_tasks.errors import EXIT_OK as EXIT_VERDICT
+from ktrdr_tasks.errors import EXIT_UNAVAILABLE as EXIT_STACK
 from ktrdr_tasks.settings import get_settings
 from ktrdr_tasks.stack import (
     FLOWER_USER,
@@ -35,10 +38,6 @@ from ktrdr_tasks.stack import (
 )
 from ktrdr_tasks.strategy import load_strategy_config
 
-EXIT_VERDICT = 0
-EXIT_NO_VERDICT = 1
-EXIT_STACK = 3
-EXIT_INTERRUPTED = 130
 EXAMPLE_STRATEGIES = Path("strategies")
 
 

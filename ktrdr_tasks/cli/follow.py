@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ktrdr_tasks import workflow
-from ktrdr_tasks.errors import KtrdrTasksError, StoreUnavailableError
+from ktrdr_tasks.errors import FollowTimeout, StoreUnavailableError
 from ktrdr_tasks.models import parse_iso
 
 REFRESH_S = 0.5
@@ -34,10 +34,6 @@ EXIT_INTERRUPTED = 130
 STORE_OUTAGE_S = 30.0
 ACTIVE = ("pending", "running")
 PHASES = ("designing", "training", "backtesting", "assessing")
-
-
-class FollowTimeout(KtrdrTasksError):
-    """The cycle did not end within the time the caller allowed."""
 
 
 def _epoch_text(context: dict[str, Any]) -> str:

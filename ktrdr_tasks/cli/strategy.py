@@ -17,11 +17,10 @@ from typing import Any
 import click
 
 from ktrdr_tasks.design import design_strategy
+from ktrdr_tasks.errors import EXIT_BAD_INPUT as EXIT_INVALID
 from ktrdr_tasks.errors import FieldError, StrategyError, StrategyValidationError
 from ktrdr_tasks.settings import get_settings
 from ktrdr_tasks.strategy_schema import STRATEGY_NAME, check_strategy, load_strategy_file
-
-EXIT_INVALID = 2
 
 HistoryProvider = Callable[[], Sequence[Mapping[str, Any]]]
 

@@ -22,11 +22,7 @@ from typing import Any
 import yaml
 
 from ktrdr_tasks.catalogue import find_indicator, resolve_params
-from ktrdr_tasks.errors import StrategyError
-
-
-class StrategyExistsError(StrategyError):
-    """A strategy file with this name already exists; designs never overwrite one."""
+from ktrdr_tasks.errors import StrategyError, StrategyExistsError
 
 
 def save_strategy(strategies_dir: Path, config: Mapping[str, Any]) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ktrdr_tasks import workflow
+from ktrdr_tasks.store import get_store
 from tests.chaos.conftest import ScriptedApi, record, wait_all, wait_for_condition, write_strategy
 from tests.support.fake_training_api import Behaviour
 from tests.support.processes import Process
@@ -35,7 +36,7 @@ def test_outage_longer_than_a_poll_but_within_the_budget_completes(
     chaos_api.stop()
     down_at = time.monotonic()
     wait_for_condition(
-        lambda: (record(op_id)["metadata"].get("poll_errors") or 0) >= 4, 20, "4 failed polls"
+        lambda: get_store().get(op_id).bookkeeping.transient_errors >= 4, 20, "4 failed polls"
     )
     chaos_api.start()
     outage = time.monotonic() - down_at
@@ -86,7 +87,7 @@ def test_start_outage_past_celerys_default_retry_limit_still_completes(
     chaos_api.stop()
     op_id = workflow.trigger(strategy=name).operation_id
     wait_for_condition(
-        lambda: (record(op_id)["metadata"].get("step_errors") or 0) >= 5, 40, "5 failed starts"
+        lambda: get_store().get(op_id).bookkeeping.transient_errors >= 5, 40, "5 failed starts"
     )
     chaos_api.start()
     [final] = wait_all([op_id], {"completed", "failed", "cancelled"}, 30)

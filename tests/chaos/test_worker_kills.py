@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ktrdr_tasks.store import get_store
 from tests.chaos.conftest import (
     FINAL,
     ScriptedApi,
@@ -151,7 +152,7 @@ def test_sigkill_in_every_phase_each_cycle_completes_with_one_remote_job(
         good = resumed = 0
         for op_id, name in cycles:
             final = record(op_id)
-            resumed += bool(final["metadata"].get("resume_count"))
+            resumed += bool(get_store().get(op_id).bookkeeping.resume_count)
             jobs = chaos_api.jobs_for(name)
             if final["status"] == "completed" and jobs == 1:
                 good += 1

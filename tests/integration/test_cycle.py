@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ktrdr_tasks import workflow
+from ktrdr_tasks.store import get_store
 from tests.integration.conftest import wait_for, wait_for_condition, write_strategy
 from tests.support.fake_training_api import POOR_RESULT, Behaviour, FakeTrainingApi
 from tests.support.processes import Process
@@ -123,7 +124,7 @@ def test_api_refusing_connections_for_three_polls_then_back_completes(
 
     fake_api.stop()
     wait_for_condition(
-        lambda: (workflow.status(op_id)["metadata"].get("poll_errors") or 0) >= 3,
+        lambda: get_store().get(op_id).bookkeeping.transient_errors >= 3,
         30,
         "three failed polls",
     )

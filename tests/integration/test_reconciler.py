@@ -5,6 +5,7 @@ a healthy long-polling cycle is never touched."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from ktrdr_tasks import workflow
 from ktrdr_tasks.reconciler import reconcile_cycles
 from ktrdr_tasks.settings import get_settings
 from ktrdr_tasks.store import get_store
+from ktrdr_tasks.tasks import worker_services
 from tests.integration.conftest import wait_for, wait_for_condition, write_strategy
 from tests.support.fake_training_api import Behaviour, FakeTrainingApi
 from tests.support.processes import BIN, RedisServer, free_port, start, start_worker
@@ -85,11 +87,12 @@ def test_cycle_whose_messages_were_lost_is_resumed_by_beat_and_completes(
         second.stop()
 
     assert record["status"] == "completed", record["error_message"]
-    assert record["metadata"]["resume_count"] == 1
-    assert record["metadata"]["resumed_from_step"] == "POLL_TRAINING"
+    books = get_store().get(op_id).bookkeeping
+    assert books.resume_count == 1
+    assert books.resumed_from_step == "POLL_TRAINING"
     assert fake_api.starts_for(op_id) == 1
     assert healthy_record["status"] == "completed", healthy_record["error_message"]
-    assert "resume_count" not in healthy_record["metadata"]
+    assert get_store().get(healthy_id).bookkeeping.resume_count == 0
     print(f"lost cycle resumed by beat and completed {took:.1f} s after beat started")
 
 
@@ -113,7 +116,8 @@ def test_cycle_with_no_worker_is_failed_as_lost_and_its_remote_job_cancelled(
     time.sleep(1.5)
 
     settings = get_settings().model_copy(update={"resume_after_s": 1.0, "lost_after_s": 1.0})
-    report = reconcile_cycles(get_store(), settings, time.time())
+    services = worker_services()
+    report = reconcile_cycles(replace(services, settings=settings), time.time())
 
     assert report["failed"] == [op_id]
     record = workflow.status(op_id)

@@ -1,35 +1,15 @@
 """Point this test process (trigger, status, cancel, revoke) at the services a module started.
 
-Settings, the store and the Celery app each read the environment once; a test module with its
-own redis-server must make all three read it again, or it talks to the previous module's.
+The one test helper that resets process state; the package does the resetting itself
+(`workflow.use_environment`), the same way for the demo and the tests.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Mapping
 
 
 def apply_env(env: Mapping[str, str]) -> None:
-    os.environ.update(env)
-    from ktrdr_tasks.settings import get_settings
-    from ktrdr_tasks.store import reset_store
+    from ktrdr_tasks.workflow import use_environment
 
-    get_settings.cache_clear()
-    reset_store()
-    reload_celery_config()
-
-
-def reload_celery_config() -> None:
-    """celeryconfig reads REDIS_URL when the app is first configured: make the app read it
-    again on next use, with a fresh connection pool, producer pool and control object."""
-    from ktrdr_tasks.app import app
-
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
-    for cached in ("amqp", "control"):  # built on the old configuration
-        app.__dict__.pop(cached, None)
-    sys.modules.pop("celeryconfig", None)
-    app._conf = None
+    use_environment(env)

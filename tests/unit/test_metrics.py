@@ -77,14 +77,9 @@ def test_a_passed_cycle_counts_passed_and_its_gate_once() -> None:
 def test_a_training_that_failed_remotely_is_timed_to_the_end_of_the_cycle() -> None:
     count = value("ktrdr_training_duration_seconds_count", outcome="failed")
     total = value("ktrdr_training_duration_seconds_sum", outcome="failed")
-    metrics.cycle_finished(
-        finished(
-            OperationStatus.FAILED,
-            Phase.TRAINING,
-            training_start_requested_at="2026-01-01T00:01:00.000Z",
-            training_status="failed",
-        )
-    )
+    operation = finished(OperationStatus.FAILED, Phase.TRAINING, training_status="failed")
+    operation.bookkeeping.training_start_requested_at = "2026-01-01T00:01:00.000Z"
+    metrics.cycle_finished(operation)
     assert value("ktrdr_training_duration_seconds_count", outcome="failed") == count + 1
     assert value("ktrdr_training_duration_seconds_sum", outcome="failed") == total + 240
 

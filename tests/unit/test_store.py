@@ -232,3 +232,33 @@ def test_unreachable_redis_is_a_clear_error_without_the_password() -> None:
         store.ping()
     assert "127.0.0.1:1" in str(error.value)
     assert "s3cret" not in str(error.value)
+
+
+def test_an_active_member_whose_record_is_gone_never_blocks_a_trigger(store: Store) -> None:
+    store.create_operation(new_operation("a"), limit=1)
+    store.redis.delete(operation_key("a"))  # e.g. evicted: its final write never happened
+
+    assert store.create_operation(new_operation("b"), limit=1) == []
+    assert store.active_ids() == ["b"]
+
+
+def test_bookkeeping_is_typed_kept_apart_and_merged_field_by_field(store: Store) -> None:
+    store.create_operation(new_operation("a"), limit=1)
+    store.update("a", bookkeeping={"transient_errors": 2}, metadata={"strategy_name": "s"})
+    store.update("a", bookkeeping={"poll_task_id": "p1"})
+
+    record = store.get("a")
+    assert record.bookkeeping.transient_errors == 2
+    assert record.bookkeeping.poll_task_id == "p1"
+    assert record.metadata == {"strategy_name": "s"}
+    with pytest.raises(ValueError, match="not bookkeeping fields: nonsense"):
+        store.update("a", bookkeeping={"nonsense": 1})
+
+
+def test_no_script_spells_a_key_itself() -> None:
+    # Every key a script touches comes in KEYS, built from the one prefix by the key functions.
+    from ktrdr_tasks import store as module
+
+    scripts = [v for v in vars(module).values() if isinstance(v, str) and "redis.call" in v]
+    assert len(scripts) >= 5
+    assert [script for script in scripts if f"{module.PREFIX}:" in script] == []

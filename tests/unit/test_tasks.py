@@ -1,25 +1,29 @@
-"""The rules every step task shares (`tasks._run_step`): who may touch the remote job, what a
-revoke does, and what a Redis blip does to a running cycle."""
+"""The rules every step shares (`tasks.run_step`): who may touch the remote job, what a revoke
+does, what a Redis blip does to a running cycle, and the one error budget. The runner gets
+its services (fakeredis, an httpx MockTransport) as an argument; nothing is monkeypatched."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import fakeredis
+import httpx
 import pytest
 from celery.app.task import Context
-from celery.exceptions import Ignore, Retry
 from celery.signals import task_revoked
 
 from ktrdr_tasks import cycle, tasks
-from ktrdr_tasks.cycle import CycleStopped, Step
+from ktrdr_tasks.cycle import Ended, Fail, Reschedule, Services
 from ktrdr_tasks.design import DesignResult
-from ktrdr_tasks.errors import StoreUnavailableError
+from ktrdr_tasks.errors import CycleEnded, StoreUnavailableError
 from ktrdr_tasks.models import OperationStatus
 from ktrdr_tasks.settings import Settings
+from ktrdr_tasks.steps import Step
 from ktrdr_tasks.store import Store
-from tests.support.cycles import CYCLE_ID, TRAINING_ID, Remote, make_cycle, stand_in_training_api
+from tests.support.cycles import CYCLE_ID, TRAINING_ID, Remote, make_cycle
+
+SETTINGS = Settings(poll_interval_s=5, poll_max_errors=3, api_url="http://trainer")
 
 
 @pytest.fixture
@@ -28,30 +32,18 @@ def server() -> fakeredis.FakeServer:
 
 
 @pytest.fixture
-def store(server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch) -> Store:
-    store = Store(fakeredis.FakeRedis(server=server, decode_responses=True), retention_s=3600)
-    monkeypatch.setattr(tasks, "get_store", lambda: store)
-    monkeypatch.setattr(tasks, "get_settings", lambda: Settings(poll_interval_s=5))
-    return store
+def store(server: fakeredis.FakeServer) -> Store:
+    return Store(fakeredis.FakeRedis(server=server, decode_responses=True), retention_s=3600)
 
 
 @pytest.fixture
-def remote(monkeypatch: pytest.MonkeyPatch) -> Iterator[Remote]:
-    yield from stand_in_training_api(monkeypatch)
+def remote() -> Remote:
+    return Remote()
 
 
 @pytest.fixture
-def retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Countdowns of the retries the step tasks asked for (instead of publishing them)."""
-    asked: list[float] = []
-
-    def retry(countdown: float = 0, **_: object) -> Retry:
-        asked.append(countdown)
-        return Retry(when=countdown)
-
-    for name in tasks.STEP_TASK_NAMES.values():
-        monkeypatch.setattr(tasks.app.tasks[name], "retry", retry)
-    return asked
+def services(store: Store, remote: Remote) -> Services:
+    return remote.services(store, SETTINGS)
 
 
 def polling_cycle(store: Store) -> None:
@@ -59,13 +51,16 @@ def polling_cycle(store: Store) -> None:
     store.update(CYCLE_ID, metadata={"training_status": "running"})
 
 
+def run(step: Step, services: Services, body: tasks.StepBody | None = None) -> cycle.Outcome:
+    return tasks.run_step(step, CYCLE_ID, services, "task-1", body)
+
+
 def test_late_duplicate_of_a_passed_step_leaves_the_live_remote_job_alone(
-    store: Store, remote: Remote
+    store: Store, remote: Remote, services: Services
 ) -> None:
     polling_cycle(store)
 
-    with pytest.raises(Ignore):
-        tasks.start_training.run(CYCLE_ID)
+    assert isinstance(run(Step.START_TRAINING, services), Ended)
 
     assert remote.deletes == [] and remote.queued_cancels == []
     after = store.get(CYCLE_ID)
@@ -75,28 +70,28 @@ def test_late_duplicate_of_a_passed_step_leaves_the_live_remote_job_alone(
 
 @pytest.mark.parametrize("final", [OperationStatus.CANCELLED, OperationStatus.FAILED])
 def test_step_of_an_ended_cycle_makes_sure_the_remote_job_is_cancelled(
-    store: Store, remote: Remote, final: OperationStatus
+    store: Store, remote: Remote, services: Services, final: OperationStatus
 ) -> None:
     polling_cycle(store)
     store.finish(CYCLE_ID, final, error_message="stopped")
 
-    with pytest.raises(Ignore):
-        tasks.poll_training.run(CYCLE_ID)
+    assert isinstance(run(Step.POLL_TRAINING, services), Ended)
 
     assert remote.deletes == [TRAINING_ID]
 
 
-def test_step_of_a_completed_cycle_cancels_nothing(store: Store, remote: Remote) -> None:
+def test_step_of_a_completed_cycle_cancels_nothing(
+    store: Store, remote: Remote, services: Services
+) -> None:
     polling_cycle(store)
     store.finish(CYCLE_ID, OperationStatus.COMPLETED)
 
-    with pytest.raises(Ignore):
-        tasks.poll_training.run(CYCLE_ID)
+    assert isinstance(run(Step.POLL_TRAINING, services), Ended)
 
     assert remote.deletes == []
 
 
-def revoke(task_name: str, operation_id: str) -> None:
+def revoke(task_name: str, operation_id: str, services: Services) -> None:
     """What a worker sends when it drops a revoked message: the task, and the message context."""
     task_revoked.send(
         sender=tasks.app.tasks[task_name],
@@ -104,76 +99,124 @@ def revoke(task_name: str, operation_id: str) -> None:
         terminated=False,
         signum=None,
         expired=False,
+        services=services,
     )
 
 
 def test_revoked_step_of_a_cancelled_cycle_cancels_the_remote_job(
-    store: Store, remote: Remote
+    store: Store, remote: Remote, services: Services
 ) -> None:
     polling_cycle(store)
     store.cancel(CYCLE_ID)
 
-    revoke("ktrdr.poll_training", CYCLE_ID)
+    revoke("ktrdr.poll_training", CYCLE_ID, services)
 
     assert remote.deletes == [TRAINING_ID]
 
 
-def test_revoked_step_of_a_running_cycle_cancels_nothing(store: Store, remote: Remote) -> None:
+def test_revoked_step_of_a_running_cycle_cancels_nothing(
+    store: Store, remote: Remote, services: Services
+) -> None:
     polling_cycle(store)
 
-    revoke("ktrdr.poll_training", CYCLE_ID)
+    revoke("ktrdr.poll_training", CYCLE_ID, services)
 
     assert remote.deletes == []
     assert store.get(CYCLE_ID).status is OperationStatus.RUNNING
 
 
-def test_revoked_housekeeping_task_is_not_mistaken_for_a_step(store: Store, remote: Remote) -> None:
+def test_revoked_housekeeping_task_is_not_mistaken_for_a_step(
+    store: Store, remote: Remote, services: Services
+) -> None:
     polling_cycle(store)
     store.cancel(CYCLE_ID)
 
-    revoke("ktrdr.reconcile", CYCLE_ID)
+    revoke("ktrdr.reconcile", CYCLE_ID, services)
 
     assert remote.deletes == []
 
 
 def test_redis_down_when_a_step_starts_retries_the_step(
-    store: Store, server: fakeredis.FakeServer, remote: Remote, retries: list[float]
+    store: Store, server: fakeredis.FakeServer, remote: Remote, services: Services
 ) -> None:
     polling_cycle(store)
     server.connected = False
 
-    with pytest.raises(Retry):
-        tasks.poll_training.run(CYCLE_ID)
+    outcome = run(Step.POLL_TRAINING, services)
 
     server.connected = True
-    assert retries == [5]
+    assert outcome == Reschedule(5)
     assert store.get(CYCLE_ID).status is OperationStatus.RUNNING
     assert remote.deletes == []
 
 
 def test_redis_blip_inside_a_step_retries_it_instead_of_failing_the_cycle(
-    store: Store,
-    server: fakeredis.FakeServer,
-    remote: Remote,
-    retries: list[float],
-    monkeypatch: pytest.MonkeyPatch,
+    store: Store, server: fakeredis.FakeServer, services: Services
 ) -> None:
     make_cycle(store, step=Step.LOAD_TRAINING_PARAMS)
 
-    def redis_drops(*_: object) -> str:
+    def redis_drops(_: tasks.StepRun) -> cycle.Outcome:
         server.connected = False
         raise StoreUnavailableError("cannot reach Redis at redis://localhost:6379/0")
 
-    monkeypatch.setattr(cycle, "run_start_training", redis_drops)
-
-    with pytest.raises(Retry):
-        tasks.start_training.run(CYCLE_ID)
+    outcome = run(Step.START_TRAINING, services, redis_drops)
 
     server.connected = True
-    assert retries == [5]
+    assert outcome == Reschedule(5)
     after = store.get(CYCLE_ID)
     assert after.status is OperationStatus.RUNNING
     assert after.error_message is None
+
+
+def unreachable_poll(remote: Remote) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    remote.answers[f"GET /api/v1/operations/{TRAINING_ID}"] = refuse
+
+
+def test_transient_errors_reschedule_until_the_budget_fails_the_cycle_naming_the_api(
+    store: Store, remote: Remote, services: Services
+) -> None:
+    polling_cycle(store)
+    unreachable_poll(remote)
+
+    outcomes = [run(Step.POLL_TRAINING, services) for _ in range(SETTINGS.poll_max_errors)]
+
+    assert outcomes[:-1] == [Reschedule(5)] * (SETTINGS.poll_max_errors - 1)
+    assert isinstance(outcomes[-1], Fail)
+    after = store.get(CYCLE_ID)
+    assert after.status is OperationStatus.FAILED
+    assert "http://trainer" in after.error_message
+    assert "KTRDR_POLL_MAX_ERRORS=3" in after.error_message
+    assert after.bookkeeping.transient_errors == SETTINGS.poll_max_errors - 1
+    assert remote.deletes == [TRAINING_ID]  # the job may still train: cancelled
+
+
+def test_a_run_that_gets_through_resets_the_error_budget(
+    store: Store, remote: Remote, services: Services
+) -> None:
+    polling_cycle(store)
+    unreachable_poll(remote)
+    for _ in range(SETTINGS.poll_max_errors - 1):
+        run(Step.POLL_TRAINING, services)
+    remote.answers[f"GET /api/v1/operations/{TRAINING_ID}"] = lambda _: httpx.Response(
+        200, json={"success": True, "data": {"status": "running"}}
+    )
+
+    assert run(Step.POLL_TRAINING, services) == Reschedule(5)
+
+    assert store.get(CYCLE_ID).bookkeeping.transient_errors == 0
+
+
+def test_bookkeeping_is_not_in_what_a_user_reads(store: Store, services: Services) -> None:
+    make_cycle(store, step=Step.POLL_TRAINING, bookkeeping={"transient_errors": 2})
+
+    record = store.get(CYCLE_ID)
+
+    assert record.bookkeeping.transient_errors == 2
+    assert "bookkeeping" not in record.model_dump(mode="json")
+    assert "transient_errors" not in record.model_dump(mode="json")["metadata"]
 
 
 def designer_writing(tmp_path: Path, name: str) -> Callable[..., DesignResult]:
@@ -227,7 +270,7 @@ def test_design_finishing_after_a_cancel_stops_and_keeps_its_file(
     running = store.get(CYCLE_ID)
     store.cancel(CYCLE_ID)
 
-    with pytest.raises(CycleStopped):
+    with pytest.raises(CycleEnded):
         cycle.run_design(
             store,
             Settings(strategies_dir=tmp_path),
@@ -259,3 +302,9 @@ def test_lease_never_outlasts_half_the_visibility_timeout() -> None:
     # (The LLM design's longer lease: the parametrised test above, 600 s among its cases.)
     quick = Settings(visibility_timeout_s=30, poll_interval_s=5)
     assert all(tasks.lease_ttl_s(step, quick) <= 15 for step in Step)
+
+
+def test_every_step_has_its_task_under_the_table_name() -> None:
+    assert set(tasks.STEP_BODIES) == set(Step)
+    for step in Step:
+        assert tasks.app.tasks[step.task_name].max_retries is None
