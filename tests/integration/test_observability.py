@@ -173,3 +173,24 @@ def test_a_real_cycle_moves_the_host_metrics_and_fails_at_a_strict_gate(
     assert any("POST /api/v1/trainings/start" in line["message"] for line in host_lines)
     worker_lines = [line for line in json_lines(worker) if line["step"] == "poll_training"]
     assert worker_lines and all(line["training_id"] == training_id for line in worker_lines)
+
+
+def test_beat_writes_json_lines_too(cycle_env: dict[str, str], tmp_path: Path) -> None:
+    from tests.support.processes import BIN, start
+
+    beat = start(
+        "beat",
+        [str(BIN / "celery"), "-A", "ktrdr_tasks", "beat", "-l", "INFO", "-s", str(tmp_path / "s")],
+        tmp_path,
+        {**cycle_env, "KTRDR_LOG_FORMAT": "json", "KTRDR_RECONCILE_INTERVAL_S": "0.5"},
+    )
+    try:
+        wait_for_condition(
+            lambda: any("Sending due task" in line["message"] for line in json_lines(beat)),
+            30,
+            "beat's first schedule line",
+        )
+    finally:
+        beat.stop()
+    fields = {"timestamp", "level", "logger", "message", "operation_id"}
+    assert all(fields <= set(line) for line in json_lines(beat))
