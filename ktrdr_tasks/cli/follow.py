@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import click
+from pydantic import ValidationError
 from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -26,11 +27,11 @@ from rich.table import Table
 from rich.text import Text
 
 from ktrdr_tasks import workflow
-from ktrdr_tasks.errors import FollowTimeout, StoreUnavailableError
-from ktrdr_tasks.models import parse_iso
+from ktrdr_tasks.errors import EXIT_INTERRUPTED, FollowTimeout, StoreUnavailableError
+from ktrdr_tasks.history import history_entry
+from ktrdr_tasks.models import Operation, parse_iso
 
 REFRESH_S = 0.5
-EXIT_INTERRUPTED = 130
 STORE_OUTAGE_S = 30.0
 ACTIVE = ("pending", "running")
 PHASES = ("designing", "training", "backtesting", "assessing")
@@ -82,12 +83,10 @@ def verdict_text(operation: dict[str, Any]) -> str:
 
 def verdict_of(operation: dict[str, Any]) -> str:
     """passed, bypassed, gate_failed, failed or cancelled: the words `agent history` uses."""
-    gate = (operation.get("metadata") or {}).get("gate") or {}
-    if operation["status"] == "completed":
-        return "bypassed" if gate.get("outcome") == "bypassed" else "passed"
-    if gate.get("outcome") == "failed":
-        return "gate_failed"
-    return str(operation["status"])
+    try:
+        return str(history_entry(Operation.model_validate(operation))["verdict"])
+    except ValidationError:  # a record from a newer or older release: its status still says
+        return str(operation.get("status"))
 
 
 def interrupted_text(operation_id: str) -> str:
