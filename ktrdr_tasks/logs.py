@@ -23,10 +23,11 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
+from ktrdr_tasks.steps import TASK_PREFIX
+
 CONTEXT_FIELDS = ("operation_id", "step", "training_id")
 TASK_FIELDS = ("task_id", "task_name")
-_TASK_PREFIX = "ktrdr."
-_CANCEL_TASK = "ktrdr.cancel_training"
+_CANCEL_TASK = f"{TASK_PREFIX}cancel_training"
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _context: ContextVar[Mapping[str, str]] = ContextVar("ktrdr_log_context", default=_EMPTY)
@@ -79,7 +80,7 @@ def _task_context() -> dict[str, str]:
     if request is None or not task_id:
         return {}
     fields = {"task_id": str(task_id), "task_name": name}
-    if not name.startswith(_TASK_PREFIX):
+    if not name.startswith(TASK_PREFIX):
         return fields
     args = getattr(request, "args", None) or ()
     first = str(args[0]) if args else None
@@ -87,7 +88,7 @@ def _task_context() -> dict[str, str]:
         if first:
             fields["training_id"] = first
     else:
-        fields["step"] = name.removeprefix(_TASK_PREFIX)
+        fields["step"] = name.removeprefix(TASK_PREFIX)
         if first:
             fields["operation_id"] = first
     return fields

@@ -31,12 +31,13 @@ from celery.signals import (
 from ktrdr_tasks import logs, metrics
 from ktrdr_tasks.models import parse_iso
 from ktrdr_tasks.settings import get_settings
+from ktrdr_tasks.steps import Step
 from ktrdr_tasks.store import get_store
 
 log = logging.getLogger("ktrdr_tasks.telemetry")
 
-DESIGN_TASK = "ktrdr.design"
-POLL_TASK = "ktrdr.poll_training"
+DESIGN_TASK = Step.DESIGN.task_name
+POLL_TASK = Step.POLL_TRAINING.task_name
 _served: dict[str, Any] = {}
 
 
