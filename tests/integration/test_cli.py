@@ -112,6 +112,12 @@ def test_version_is_the_package_version(env: dict[str, str]) -> None:
     done = ktrdr(env, "--version")
     assert done.returncode == 0
     assert done.stdout.strip() == f"ktrdr {__version__}"
+    # Written once: the distribution's metadata and the host read the same value.
+    import importlib.metadata
+
+    import training_host
+
+    assert importlib.metadata.version("ktrdr-tasks") == __version__ == training_host.__version__
 
 
 def test_both_packages_ship_py_typed() -> None:
