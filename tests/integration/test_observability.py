@@ -3,6 +3,7 @@ worker's and the training host's `/metrics` moving as cycles start, poll, pass a
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -196,3 +197,23 @@ def test_beat_writes_json_lines_too(cycle_env: dict[str, str], tmp_path: Path) -
         beat.stop()
     fields = {"timestamp", "level", "logger", "message", "operation_id"}
     assert all(fields <= set(line) for line in json_lines(beat))
+
+
+def test_a_zero_poll_interval_polls_at_the_floor_not_in_a_spin(
+    cycle_env: dict[str, str], fake_api: FakeTrainingApi, strategies_dir: Path, tmp_path: Path
+) -> None:
+    from ktrdr_tasks.settings import MIN_POLL_INTERVAL_S
+
+    name = write_strategy(strategies_dir, "obs_zero_interval")
+    fake_api.behaviours[name] = Behaviour(polls=8)
+    worker = start_worker({**cycle_env, "KTRDR_POLL_INTERVAL_S": "0"}, tmp_path, name="zero")
+    try:
+        record = wait_for(workflow.trigger(strategy=name).operation_id, {"completed", "failed"})
+    finally:
+        worker.stop()
+    training_id = record["metadata"]["training_operation_id"]
+    polls = [r.at for r in fake_api.calls("GET", f"/api/v1/operations/{training_id}")]
+    gaps = sorted(later - earlier for earlier, later in itertools.pairwise(polls))
+    assert record["status"] == "completed" and len(polls) >= 8
+    # Unfloored, the median gap measured 0.07 s (polls as fast as the worker goes).
+    assert gaps[len(gaps) // 2] >= MIN_POLL_INTERVAL_S * 0.9
