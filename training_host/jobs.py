@@ -99,6 +99,7 @@ class JobRunner:
                 return
             self.registry.finish(operation_id, "completed", result_summary=result)
         finally:
+            log.info("training %s ended: %s", operation_id, self.registry.status(operation_id))
             with self._lock:
                 self._contexts.pop(operation_id, None)
                 self._futures.pop(operation_id, None)

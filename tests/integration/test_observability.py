@@ -174,6 +174,8 @@ def test_a_real_cycle_moves_the_host_metrics_and_fails_at_a_strict_gate(
     host_log = [line for line in host.log().splitlines() if line.strip()]
     host_lines = [json.loads(line) for line in host_log]
     assert any("POST /api/v1/trainings/start" in line["message"] for line in host_lines)
+    ended = [line for line in host_lines if line["message"].startswith("training ")]
+    assert ended and all(line["training_id"] == training_id for line in ended)
     worker_lines = [line for line in json_lines(worker) if line["step"] == "poll_training"]
     assert worker_lines and all(line["training_id"] == training_id for line in worker_lines)
 
