@@ -7,7 +7,7 @@ What an operator graphs (names as exported):
     ktrdr_active_cycles                                 read from Redis at each scrape
     ktrdr_poll_lag_seconds                              how late a poll ran after its countdown
     ktrdr_training_duration_seconds{outcome}            training start request to its end
-    ktrdr_training_api_errors_total{kind,method}        transient|unreachable|http_5xx|
+    ktrdr_training_api_errors_total{kind,method}        unreachable (timeouts too)|http_5xx|
                                                         http_4xx|not_found|malformed
     ktrdr_gate_verdicts_total{gate,outcome,reason}      one per gate judged in a finished cycle
 
