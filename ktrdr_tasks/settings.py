@@ -25,11 +25,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ktrdr_tasks.errors import ConfigurationError
+from ktrdr_tasks.errors import EXIT_CONFIG, ConfigurationError
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-EXIT_CONFIG = 4
 # Durations are bounded so that a typo (or `inf`) is refused here instead of overflowing in
 # kombu or Redis later (an `inf` visibility timeout crashed the worker with OverflowError).
 MAX_DURATION_S = 30 * 86400

@@ -11,7 +11,8 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-EXIT_CONFIG = 4
+from ktrdr_tasks.errors import EXIT_CONFIG
+
 # What the `host` extra brings, as import names.
 HOST_MODULES = (
     "fastapi",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ktrdr_tasks.errors import ConfigurationError
+from ktrdr_tasks.errors import EXIT_CONFIG, ConfigurationError
 from ktrdr_tasks.settings import (
-    EXIT_CONFIG,
     MIN_POLL_INTERVAL_S,
     Settings,
     describe_validation_error,
