@@ -13,10 +13,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md celeryconfig.py ./
+COPY pyproject.toml constraints.txt README.md celeryconfig.py ./
 COPY ktrdr_tasks ./ktrdr_tasks
 COPY training_host ./training_host
-RUN pip install --extra-index-url "${TORCH_INDEX}" ".[${EXTRAS}]"
+# constraints.txt: the exact versions CI tested (pyproject.toml only declares ranges).
+RUN pip install --extra-index-url "${TORCH_INDEX}" -c constraints.txt ".[${EXTRAS}]"
 
 # /data is the volume the services share (strategies written by the designer, read by the
 # trainer; models written by the trainer); /state keeps beat's schedule and Flower's database.

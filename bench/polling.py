@@ -3,8 +3,8 @@
 Setup (so that N cycles are in the training phase within seconds, not N designs later): for
 each cycle the benchmark writes the operation record as `start_training` leaves it (status
 running, phase training, step START_TRAINING, the strategy, training params, training
-operation id, deadline, `poll_errors: 0`), registers the remote job with the fast API, and
-enqueues only the rest of the chain, `research_chain(op_id, chain_task_ids(POLL_TRAINING))`,
+operation id, and the deadline in its bookkeeping), registers the remote job with the fast API, and
+enqueues only the rest of the chain, `chain_of(op_id, chain_task_ids(POLL_TRAINING))`,
 with its first poll spread uniformly over one interval (as cycles started at random times
 would be). Each remote job starts up to one interval before its first poll and runs
 `job_seconds`, then answers `completed`; the cycle then runs its gate and stub phases and
@@ -55,6 +55,7 @@ def _training_record(op_id: str, training_id: str, task_ids: list[str]) -> Any:
     """The operation as `start_training` leaves it (see `cycle.run_start_training`)."""
     from ktrdr_tasks.cycle import Step
     from ktrdr_tasks.models import (
+        Bookkeeping,
         Operation,
         OperationStatus,
         Phase,
@@ -88,11 +89,12 @@ def _training_record(op_id: str, training_id: str, task_ids: list[str]) -> Any:
                 "start_date": "2017-05-01",
                 "end_date": "2018-02-01",
             },
-            "training_start_requested_at": iso(now),
             "training_operation_id": training_id,
-            "training_deadline_ts": time.time() + settings.training_timeout_s,
-            "poll_errors": 0,
         },
+        bookkeeping=Bookkeeping(
+            training_start_requested_at=iso(now),
+            training_deadline_ts=time.time() + settings.training_timeout_s,
+        ),
     )
 
 
@@ -106,7 +108,7 @@ def put_cycles_in_training(
     from ktrdr_tasks.cycle import Step
     from ktrdr_tasks.settings import get_settings
     from ktrdr_tasks.store import get_store
-    from ktrdr_tasks.workflow import chain_task_ids, research_chain
+    from ktrdr_tasks.workflow import chain_of, chain_task_ids
 
     store, limit = get_store(), get_settings().max_active_cycles
     rng = random.Random(seed)
@@ -140,7 +142,7 @@ def put_cycles_in_training(
     enqueued = time.perf_counter()
     for (op_id, _, ids), offset in zip(cycles, offsets, strict=True):
         eta = datetime.fromtimestamp(start + offset, tz=UTC)
-        research_chain(op_id, ids).apply_async(eta=eta)
+        chain_of(op_id, ids).apply_async(eta=eta)
     enqueue_seconds = time.perf_counter() - enqueued
     if time.time() > start and not warmup:
         print(f"warning: enqueueing ended {time.time() - start:.1f} s after the first poll was due")

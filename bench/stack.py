@@ -3,8 +3,9 @@
 Every benchmark starts a private stack (a redis-server on a free port, workers started as
 `celery -A bench.worker_app worker ...` subprocesses with the benchmark's environment, and the
 in-process `FastTrainingApi`), so no number depends on whatever else runs on the machine.
-Processes run in their own session so that stopping one reaches its pool children; logs go to
-a temporary directory that is printed when a worker fails to start.
+Processes are started by the project's supervisor module (`ktrdr_tasks.supervisor`), each in
+its own session so that stopping one reaches its pool children; logs go to a temporary
+directory that is printed when a worker fails to start.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,63 +28,20 @@ import psutil
 import redis
 
 from ktrdr_tasks.stack import free_port, redis_server_binary
+from ktrdr_tasks.supervisor import Child, wait_until
+from ktrdr_tasks.supervisor import spawn as start_child
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 READY_KEY = "bench:ready"
 
 
-def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def tree(self) -> list[psutil.Process]:
-        """The process and its children (a prefork worker's pool processes)."""
-        with contextlib.suppress(psutil.NoSuchProcess):
-            root = psutil.Process(self.popen.pid)
-            return [root, *root.children(recursive=True)]
-        return []
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=5)
+# A started process: `log_tail()`, `tree()`, `stop()` (the project's one supervisor module).
+Process = Child
 
 
 def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> Process:
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as handle:
-        popen = subprocess.Popen(
-            argv,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **env},
-            cwd=REPO,
-            start_new_session=True,
-        )
-    return Process(name, popen, log_path)
+    return start_child(name, argv, log_dir / f"{name}.log", {**os.environ, **env}, REPO)
 
 
 @dataclass
@@ -310,15 +267,10 @@ def stack(
 
 
 def _reset_project_singletons() -> None:
-    """Settings, store and the Celery broker URL are read once per process: read them again."""
-    from ktrdr_tasks.app import app
-    from ktrdr_tasks.settings import get_settings
-    from ktrdr_tasks.store import reset_store
+    """Settings, store and the Celery app read the environment once per process: again."""
+    from ktrdr_tasks.workflow import use_environment
 
-    get_settings.cache_clear()
-    reset_store()
-    # The broker connection pool is created on first publish, after the stack set the URL.
-    app.conf.broker_url = os.environ.get("REDIS_URL")
+    use_environment({})
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser, pool: str = "prefork") -> None:

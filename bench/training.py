@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
+from ktrdr_tasks.strategy_schema import load_strategy_file
+from ktrdr_tasks.strategy_v3 import check_any_strategy, is_v3
 from training_host.jobs import JobContext
 from training_host.main import configure_torch
 from training_host.operations import OperationRegistry
@@ -37,8 +38,10 @@ def run(args: argparse.Namespace) -> int:
     configure_torch(args.threads)
     path = args.strategies_dir / f"{args.strategy}.yaml"
     document = load_strategy_file(path)
-    document.setdefault("model", {}).setdefault("training", {})["epochs"] = args.epochs
-    config = check_strategy(document, source=path.name)
+    # v3 reads epochs from `training`, v2 from `model.training`.
+    section = document if is_v3(document) else document.setdefault("model", {})
+    section.setdefault("training", {})["epochs"] = args.epochs
+    config = check_any_strategy(document, source=path.name)
     job = TrainingJob(
         strategy_name=args.strategy,
         strategy_path=path,

@@ -1,7 +1,7 @@
 """The benchmark worker: the project's Celery app plus no-op tasks and two measuring hooks.
 
 `celery -A bench.worker_app worker` runs exactly the tasks of `ktrdr_tasks` with the project's
-`celeryconfig`, and adds:
+`ktrdr_tasks.celeryconfig`, and adds:
 - `bench.noop`: the baseline chain's task (does nothing);
 - a `task_postrun` hook that pushes the end time of the last task of a chain (the cycle's
   `ktrdr.assess`, the baseline's last `bench.noop`) to a Redis list, so both are timed the

@@ -19,11 +19,10 @@ Scale kinds (how the primary output behaves when the instrument or timeframe cha
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 SCALES = ("bounded", "ratio", "percent", "price_units", "price_level", "cumulative")
-FAMILIES = ("momentum", "trend", "volatility", "volume", "price_level")
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,9 @@ class IndicatorSpec:
     output_range: tuple[float | None, float | None]
     typical_eurusd_1h: tuple[float, float, float] | None
     trainable: bool
+    # A multi-output indicator's outputs (ktrdr 2c5c7173), the primary one first: what a v3
+    # `indicator_id.output` reference may name. Empty for a single-output indicator.
+    outputs: tuple[str, ...] = ()
 
     def param(self, name: str) -> ParamSpec | None:
         """The parameter called `name`, or None."""
@@ -349,7 +351,46 @@ _SPECS: tuple[IndicatorSpec, ...] = (
     ),
 )
 
+_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "MACD": ("line", "signal", "histogram"),
+    "BollingerBands": ("upper", "middle", "lower"),
+    "ADX": ("adx", "plus_di", "minus_di"),
+    "Stochastic": ("k", "d"),
+    "Aroon": ("up", "down", "oscillator"),
+    "RVI": ("rvi", "signal"),
+    "KeltnerChannels": ("upper", "middle", "lower"),
+    "DonchianChannels": ("upper", "middle", "lower"),
+    "Ichimoku": ("tenkan", "kijun", "senkou_a", "senkou_b", "chikou"),
+    "SuperTrend": ("trend", "direction"),
+    "FisherTransform": ("fisher", "signal"),
+    "CMF": (
+        "cmf", "mf_multiplier", "mf_volume", "momentum", "signal", "histogram", "above_zero",
+        "below_zero",
+    ),
+    "ADLine": (
+        "line", "mf_multiplier", "mf_volume", "roc_10", "momentum_21", "relative_strength",
+    ),
+}  # fmt: skip
+_SPECS = tuple(replace(spec, outputs=_OUTPUTS.get(spec.name, ())) for spec in _SPECS)
+
 INDICATORS: dict[str, IndicatorSpec] = {spec.name: spec for spec in _SPECS}
+
+# Today's ktrdr registers each indicator under its lower-case class name (an `Indicator`
+# suffix stripped) plus a few aliases; v3 files name them with `type:`. `wma` is registered
+# there but unknown to the December backend and to the reference host.
+V3_TYPE_NAMES: tuple[str, ...] = (
+    "adline", "adx", "aroon", "atr", "bollingerbands", "bollingerbandwidth", "cci", "cmf",
+    "distancefromma", "donchianchannels", "exponentialmovingaverage", "fishertransform",
+    "ichimoku", "keltnerchannels", "macd", "mfi", "momentum", "obv", "parabolicsar", "roc",
+    "rsi", "rvi", "simplemovingaverage", "squeezeintensity", "stochastic", "supertrend",
+    "volumeratio", "vwap", "weightedmovingaverage", "williamsr", "zigzag",
+)  # fmt: skip
+_V3_ALIASES = {
+    "simplemovingaverage": "SMA",
+    "exponentialmovingaverage": "EMA",
+    "bbands": "BollingerBands",
+}
+_V3_ONLY = frozenset({"weightedmovingaverage", "wma"})
 
 # ktrdr's registry matches "rsi", "RSI" and "RSIIndicator" alike.
 _BY_LOWER: dict[str, IndicatorSpec] = {spec.name.lower(): spec for spec in _SPECS}
@@ -367,6 +408,24 @@ def find_indicator(name: str) -> IndicatorSpec | None:
     if spec is None and key.endswith("indicator"):
         spec = _BY_LOWER.get(key[: -len("indicator")])
     return spec
+
+
+def find_v3_indicator(type_name: str) -> IndicatorSpec | None:
+    """The spec for a v3 `type:` (canonical name, alias, `<name>indicator`); None if unknown."""
+    if not isinstance(type_name, str):
+        return None
+    key = type_name.strip().lower()
+    key = key.removesuffix("indicator") if key not in _V3_ALIASES else key
+    alias = _V3_ALIASES.get(key)
+    return INDICATORS[alias] if alias else find_indicator(key)
+
+
+def is_v3_type(type_name: str) -> bool:
+    """Whether today's ktrdr registry knows `type_name` (its training fails otherwise)."""
+    if find_v3_indicator(type_name) is not None:
+        return True
+    key = str(type_name).strip().lower()
+    return key in _V3_ONLY or key.removesuffix("indicator") in _V3_ONLY
 
 
 def trainable_names() -> list[str]:

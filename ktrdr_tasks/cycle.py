@@ -1,7 +1,7 @@
 """What each step of a research cycle does, given the services it needs. No Celery here.
 
-The tasks in `tasks.py` are a thin shell around these functions: they hold the lease, enter
-the step, call one function here and turn its outcome into Celery's terms. The functions
+The runner (`runner.py`) holds the lease, enters the step and calls the step's body here
+(`STEP_BODIES`); the tasks in `tasks.py` turn the outcome into Celery's terms. The functions
 receive the store, the training client and the settings (`Services`, which a test builds
 from fakeredis and an httpx MockTransport) and the operation as it stood when the step
 began. A step tells its outcome in one vocabulary:
@@ -69,9 +69,11 @@ class Reschedule:
 
 @dataclass(frozen=True)
 class Ended:
-    """The cycle ended (or moved on) without this run: stop quietly."""
+    """The cycle ended without this run: stop quietly. `superseded`: the cycle goes on, but
+    another run carries it (a late duplicate of a passed step, a poll replaced by a resume)."""
 
     reason: str
+    superseded: bool = False
 
 
 @dataclass(frozen=True)
@@ -414,3 +416,87 @@ def complete_cycle(store: Store, operation: Operation) -> bool:
         phase=Phase.DONE,
         progress=Progress(percentage=Step.ASSESS.end, current_step="Research cycle completed"),
     )
+
+
+# -- the step bodies: what the runner calls for each step of the table ------------------------
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """What a step's body gets: the services, the record as the step began, the run."""
+
+    services: Services
+    operation: Operation
+    task_id: str
+    renew_lease: Callable[[], None]
+
+
+StepBody = Callable[[StepRun], Outcome]
+
+STEP_BODIES: dict[Step, StepBody] = {}
+"""Each step's body; the step functions it calls are looked up when called (so a test worker
+can wrap them)."""
+
+
+def step_body(step: Step) -> Callable[[StepBody], StepBody]:
+    def register(body: StepBody) -> StepBody:
+        STEP_BODIES[step] = body
+        return body
+
+    return register
+
+
+@step_body(Step.DESIGN)
+def _design_body(run: StepRun) -> Outcome:
+    """Design a strategy (or take the requested one) and save it under strategies/."""
+    from ktrdr_tasks.design import design_strategy, summarize_design
+
+    services = run.services
+    name = run_design(
+        services.store,
+        services.settings,
+        run.operation,
+        design_strategy,
+        summarize_design,
+        run.renew_lease,
+    )
+    return {"strategy_name": name}
+
+
+@step_body(Step.LOAD_TRAINING_PARAMS)
+def _load_training_params(run: StepRun) -> Outcome:
+    """Read symbols, timeframes and dates from the strategy file."""
+    return run_load_training_params(run.services.store, run.services.settings, run.operation)
+
+
+@step_body(Step.START_TRAINING)
+def _start_training(run: StepRun) -> Outcome:
+    """Start the remote training once and store its operation id."""
+    return run_start_training(run.services, run.operation)
+
+
+@step_body(Step.POLL_TRAINING)
+def _poll_training(run: StepRun) -> Outcome:
+    """Poll the remote training; re-schedule itself until it ends, never holding a slot."""
+    owner = run.operation.bookkeeping.poll_task_id
+    if owner and owner != run.task_id:
+        return Ended("a resumed poll owns this cycle now", superseded=True)
+    return run_poll_training(run.services, run.operation)
+
+
+@step_body(Step.TRAINING_GATE)
+def _training_gate(run: StepRun) -> Outcome:
+    """Judge the training metrics against the gate thresholds."""
+    return run_training_gate(run.services.store, run.services.settings, run.operation)
+
+
+@step_body(Step.BACKTEST)
+def _backtest(run: StepRun) -> Outcome:
+    """Stub until the backtest phase is built; the record says so."""
+    return run_stub_phase(run.services.store, run.operation, Step.BACKTEST)
+
+
+@step_body(Step.ASSESS)
+def _assess(run: StepRun) -> Outcome:
+    """Stub assessment, then the cycle is completed."""
+    return run_assess(run.services.store, run.operation)

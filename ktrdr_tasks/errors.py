@@ -4,6 +4,8 @@ KtrdrTasksError
 +-- ConfigurationError        settings that cannot work together (fail at start-up)
 +-- StrategyError             bad strategy name, missing file, bad YAML, missing field
 |   +-- StrategyValidationError   the document breaks the ktrdr strategy schema
+|   |   +-- V3ParseError          not the shape ktrdr parses as v3 (STRATEGY-V3ParseFailed)
+|   |   +-- V3ValidationError     a v3 reference that does not resolve (...V3ValidationFailed)
 |   +-- StrategyExistsError       a design would overwrite an existing file
 +-- DesignError               the designer could not produce a valid strategy
 +-- TrainingApiError          the remote training service answered badly
@@ -12,6 +14,7 @@ KtrdrTasksError
 |       +-- OperationNotFoundError   404 on an operation id: the host lost it
 +-- OperationStateError       unknown operation id, or a transition from a final status
 |   +-- CycleEnded            a step found its cycle ended (or moved on) elsewhere: stop quietly
++-- CycleOver                 a step task ends FAILURE: its cycle failed there or was cancelled
 +-- StoreUnavailableError     Redis cannot be reached
 +-- FollowTimeout             a followed cycle did not end in the time allowed
 +-- StackError                a local process could not start, or a stack already runs here
@@ -53,11 +56,25 @@ class FieldError:
 class StrategyValidationError(StrategyError):
     """The document breaks the ktrdr strategy format; `errors` names every bad field."""
 
+    error_code = "STRATEGY-ValidationFailed"  # ktrdr's code in its 400 answer
+
     def __init__(self, errors: list[FieldError], source: str = "strategy") -> None:
         self.errors = list(errors)
         self.source = source
         listed = "; ".join(str(error) for error in self.errors)
         super().__init__(f"{source} is invalid: {listed}")
+
+
+class V3ParseError(StrategyValidationError):
+    """The document does not parse as ktrdr's `StrategyConfigurationV3` (a missing section)."""
+
+    error_code = "STRATEGY-V3ParseFailed"
+
+
+class V3ValidationError(StrategyValidationError):
+    """It parses as v3, but ktrdr's v3 validator refuses it (a reference that does not resolve)."""
+
+    error_code = "STRATEGY-V3ValidationFailed"
 
 
 class StrategyExistsError(StrategyError):
@@ -98,6 +115,12 @@ class StoreUnavailableError(KtrdrTasksError):
 
 class CycleEnded(OperationStateError):
     """The cycle ended (cancelled, failed) or moved on without this run: stop quietly."""
+
+
+class CycleOver(KtrdrTasksError):
+    """Ends a step's Celery task as FAILURE with its cycle's message (the cycle failed at this
+    step, or was cancelled or failed elsewhere), so Flower shows the truth. Expected: the
+    worker logs it as one line, without a traceback."""
 
 
 class FollowTimeout(KtrdrTasksError):

@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     designer: Literal["builtin", "anthropic"] = Field(
         "builtin", validation_alias=_env("KTRDR_DESIGNER")
     )
+    # What the designers write: v3 for today's ktrdr (it refuses v2), v2 for a December 2025
+    # backend. Everything reads both.
+    strategy_format: Literal["v3", "v2"] = Field(
+        "v3", validation_alias=_env("KTRDR_STRATEGY_FORMAT")
+    )
     # Empty means "whatever the reference training host ships" (ktrdr_tasks.datasets).
     design_symbols: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("KTRDR_DESIGN_SYMBOLS")

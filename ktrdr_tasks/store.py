@@ -71,7 +71,7 @@ end
 """
 
 # PRUNE: forget an active-set member whose record expired or ended, so a lost write can never
-# block triggers (run for each member before CREATE; removing a stale member is always safe).
+# block triggers (run for the members that refused a CREATE; removing a stale one is safe).
 #   KEYS[1] active set, KEYS[2] the member's operation hash
 #   ARGV[1] the member's operation id
 #   -> 1 removed, 0 kept (still active)
@@ -99,6 +99,19 @@ for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return {1}
+"""
+
+# RECORD_FINAL: store an operation that is final from the start (a refused cycle), once.
+#   KEYS[1] the operation hash, KEYS[2] index (sorted by creation)
+#   ARGV[1] operation id, ARGV[2] creation timestamp, ARGV[3] retention in seconds,
+#   ARGV[4..] field, value...
+#   -> 1 recorded, 0 an operation with this id exists (left as it is)
+_RECORD_FINAL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
 """
 
 # UPDATE: the one compare-and-set behind every change of an operation.
@@ -272,6 +285,7 @@ class Store:
         self.safe_url = safe_url
         self._prune = client.register_script(_PRUNE)
         self._create = client.register_script(_CREATE)
+        self._record_final = client.register_script(_RECORD_FINAL)
         self._update = client.register_script(_UPDATE)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
@@ -311,16 +325,49 @@ class Store:
         fields.update(_metadata_fields(operation.metadata))
         fields.update(_bookkeeping_fields(operation.bookkeeping.model_dump(exclude_defaults=True)))
         fields["progress_pct"] = operation.progress.percentage
-        created_ts = time.time()
-        for active_id in self.redis.smembers(active_key()):
-            self._prune(keys=[active_key(), operation_key(active_id)], args=[active_id])
-        answer = self._create(
-            keys=[active_key(), operation_key(operation.operation_id), index_key()],
-            args=[limit, operation.operation_id, created_ts, *_encode_fields(fields)],
-        )
+        args = [limit, operation.operation_id, time.time(), *_encode_fields(fields)]
+        keys = [active_key(), operation_key(operation.operation_id), index_key()]
+        answer = self._create(keys=keys, args=args)
+        # Refused: first drop members whose record expired or ended (a lost write must never
+        # block triggers), then try once more. Only a refusal pays for the clean-up.
+        if int(answer[0]) == 0 and self._prune_stale([str(op_id) for op_id in answer[1:]]):
+            answer = self._create(keys=keys, args=args)
         if int(answer[0]) == 1:
             return []
         return [str(op_id) for op_id in answer[1:]]
+
+    def _prune_stale(self, active_ids: list[str]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for active_id in active_ids:
+            self._prune(
+                keys=[active_key(), operation_key(active_id)], args=[active_id], client=pipe
+            )
+        return sum(int(removed) for removed in pipe.execute())
+
+    @_redis_errors
+    def record_refused(self, operation: Operation, message: str) -> bool:
+        """Keep a cycle the active-cycle limit refused as a failed record (never active).
+
+        For a cycle a backend enqueued itself: the refusal must show in `ktrdr agent list`,
+        not vanish. False when an operation with this id already exists.
+        """
+        now = iso(utc_now())
+        refused = operation.model_copy(
+            update={
+                "status": OperationStatus.FAILED,
+                "error_message": message,
+                "completed_at": now,
+                "heartbeat_at": now,
+            }
+        )
+        fields = refused.model_dump(exclude={"metadata"}, mode="json")
+        fields.update(_metadata_fields(refused.metadata))
+        fields["progress_pct"] = refused.progress.percentage
+        answer = self._record_final(
+            keys=[operation_key(operation.operation_id), index_key()],
+            args=[operation.operation_id, time.time(), self.retention_s, *_encode_fields(fields)],
+        )
+        return bool(answer)
 
     @_redis_errors
     def find(self, operation_id: str) -> Operation | None:

@@ -7,19 +7,18 @@ accepts what ktrdr's `StrategyValidator` accepts and words its errors the same w
 labels, trainable indicators). `check_strategy` runs both: the designer calls it before
 saving, `ktrdr strategy validate` calls it, and the reference training host calls it before
 training. Extra keys (`orchestrator`, `hypothesis`, ...) are allowed everywhere, so a file a
-ktrdr backend accepts is never refused here. No I/O except `load_strategy_file`.
+ktrdr backend accepts is never refused here. No I/O: files are read by `ktrdr_tasks.strategy`
+(`load_strategy_file` is its bounded reader), and the name rule, the symbol/timeframe reading
+and the date rules are that module's too, so the schema and the chain never disagree.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -32,9 +31,20 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from ktrdr_tasks.catalogue import IndicatorSpec, find_indicator, param_errors, resolve_params
-from ktrdr_tasks.errors import FieldError, StrategyError, StrategyValidationError
+from ktrdr_tasks.errors import FieldError, StrategyValidationError
+from ktrdr_tasks.strategy import STRATEGY_NAME as STRATEGY_NAME  # the one name rule
+from ktrdr_tasks.strategy import (
+    date_problem,
+    date_selection,
+    date_text,
+    is_strategy_name,
+    read_strategy_file,
+    selection_names,
+)
 
-STRATEGY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
+# The one bounded reader, under the name the host, the tools and the tests know it by.
+load_strategy_file = read_strategy_file
+
 FEATURE_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
 RESERVED_FEATURE_IDS = frozenset({"open", "high", "low", "close", "volume"})
 
@@ -60,18 +70,11 @@ class _Open(BaseModel):
 
 
 def _date_text(value: Any) -> str | None:
-    # Unquoted YAML dates load as datetime.date; everything downstream wants "YYYY-MM-DD".
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime | dt.date):
-        return value.strftime("%Y-%m-%d")
-    text = str(value)
-    try:
-        dt.date.fromisoformat(text)
-    except ValueError:
-        raise PydanticCustomError(
-            "date_format", "must be a date written YYYY-MM-DD, got '{value}'", {"value": text}
-        ) from None
+    # The chain's date rule (ktrdr_tasks.strategy), raised as a field error here.
+    text = date_text(value)
+    problem = None if text is None else date_problem(text)
+    if problem:
+        raise PydanticCustomError("date_format", "{problem}", {"problem": problem})
     return text
 
 
@@ -88,9 +91,7 @@ class SymbolsConfig(_Open):
 
     @property
     def names(self) -> list[str]:
-        if self.mode == "single" and self.symbol:
-            return [self.symbol]
-        return list(self.list_ or [])
+        return selection_names({"symbol": self.symbol, "list": self.list_}, "symbol")
 
 
 class TimeframesConfig(_Open):
@@ -109,9 +110,7 @@ class TimeframesConfig(_Open):
 
     @property
     def names(self) -> list[str]:
-        if self.mode == "single" and self.timeframe:
-            return [self.timeframe]
-        return list(self.list_ or [])
+        return selection_names({"timeframe": self.timeframe, "list": self.list_}, "timeframe")
 
 
 class DateRange(_Open):
@@ -153,11 +152,21 @@ class TrainingDataConfig(_Open):
 
     @property
     def start(self) -> str | None:
-        return self.start_date or (self.date_range.start if self.date_range else None)
+        return self.dates()[0]
 
     @property
     def end(self) -> str | None:
-        return self.end_date or (self.date_range.end if self.date_range else None)
+        return self.dates()[1]
+
+    def dates(self) -> tuple[str | None, str | None]:
+        """(start, end) with the chain's precedence: `date_range` first, then `*_date`."""
+        written = {
+            "date_range": self.date_range.model_dump() if self.date_range else None,
+            "start_date": self.start_date,
+            "end_date": self.end_date,
+        }
+        start, end = date_selection(written)
+        return date_text(start), date_text(end)
 
 
 class TargetSymbols(_Open):
@@ -297,6 +306,14 @@ class StrategyConfig(_Open):
     def feature_ids(self) -> list[str]:
         return [indicator.feature_id for indicator in self.indicators]
 
+    @property
+    def format(self) -> str:
+        return "v2"
+
+    @property
+    def epochs(self) -> int:
+        return self.model.training.epochs
+
 
 REQUIRED_TOP_LEVEL = (
     "name",
@@ -335,7 +352,7 @@ def validate_strategy(document: Mapping[str, Any], source: str = "strategy") -> 
 def trainability_errors(config: StrategyConfig) -> list[FieldError]:
     """What ktrdr's trainer refuses although its validator accepted it (spec sections 5-9)."""
     errors: list[FieldError] = []
-    if not STRATEGY_NAME.match(config.name):
+    if not is_strategy_name(config.name):
         errors.append(
             FieldError(
                 "name",
@@ -362,24 +379,6 @@ def check_strategy(document: Mapping[str, Any], source: str = "strategy") -> Str
     if errors:
         raise StrategyValidationError(errors, source)
     return config
-
-
-def load_strategy_file(path: Path) -> dict[str, Any]:
-    """Read a strategy YAML with `yaml.safe_load`; StrategyError if unreadable or not a mapping."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StrategyError(f"Strategy file not found: {path}") from None
-    except OSError as exc:
-        raise StrategyError(f"Cannot read strategy file {path}: {exc.strerror}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise StrategyError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
-    if not isinstance(document, dict):
-        kind = "empty" if document is None else f"a {type(document).__name__}"
-        raise StrategyError(f"{path} must hold one YAML mapping (a strategy), but it is {kind}")
-    return document
 
 
 def membership_errors(fuzzy_set: FuzzySet) -> list[str]:
@@ -620,11 +619,3 @@ def _missing_message(loc: tuple[Any, ...]) -> str:
 
 def _dedupe(errors: list[FieldError]) -> list[FieldError]:
     return list(dict.fromkeys(errors))
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    if mark is not None:
-        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return problem

@@ -1,11 +1,20 @@
 """The only module that talks HTTP to the training service (a ktrdr backend or the reference host).
 
-Routes and shapes are ktrdr's (DESIGN section 2). Every failure is classified once, here, into
-the error tree of `ktrdr_tasks.errors`: connection trouble, timeouts and 5xx are
-`TransientApiError` (retry); 4xx and malformed answers are `PermanentApiError` (fail the cycle
-with the service's own message); 404 on an operation is `OperationNotFoundError`.
-Starting and cancelling retry transient errors with backoff (tenacity) inside one call; polls
-are not retried here, because the next poll is the retry.
+Routes and shapes are ktrdr's (DESIGN section 2, both eras of 2a). Every failure is classified
+once, here, into the error tree of `ktrdr_tasks.errors`: connection trouble, timeouts and 5xx
+are `TransientApiError` (retry); 4xx and malformed answers are `PermanentApiError` (fail the
+cycle with the service's own message); 404 on an operation is `OperationNotFoundError`.
+
+Every request has a total deadline (`timeout_s`, KTRDR_API_TIMEOUT_S): httpx bounds each read,
+so a peer that drips one byte every 2 s would otherwise hold a request, and a worker slot,
+for ever. Overrunning it is a `TransientApiError` like any timeout, so it counts against the
+cycle's error budget. Operation answers are read member by member (`operation_answer`):
+`data.metrics`, which grows with every epoch, is never parsed.
+
+Starting and cancelling retry transient errors with backoff inside one call; polls are not
+retried here, because the next poll is the retry. A start that broke off after the request
+may have reached the service (a read timeout, a dropped connection) is never simply sent
+again: the job is looked up by its `task_id`, which today's ktrdr makes the operation id.
 """
 
 from __future__ import annotations
@@ -13,13 +22,16 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import httpcore
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 from tenacity import (
     retry,
+    retry_if_exception,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential,
@@ -28,14 +40,22 @@ from tenacity import (
 from ktrdr_tasks.errors import (
     OperationNotFoundError,
     PermanentApiError,
+    TrainingApiError,
     TransientApiError,
 )
 from ktrdr_tasks.metrics import count_api_errors
+from ktrdr_tasks.operation_answer import read_operation_answer
 
 API_PREFIX = "/api/v1"
+# The most the chain keeps of one answer (everything but an operation's `data.metrics`).
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+# The most it reads at all: a 100,000-epoch `metrics` history of ~230 bytes an epoch is 23 MB.
+MAX_STREAMED_BYTES = 256 * 1024 * 1024
 START_ATTEMPTS = 3
 CANCEL_ATTEMPTS = 3
+# After an ambiguous start: how often to look the job up by task_id, and how long apart.
+LOOKUP_ATTEMPTS = 3
+LOOKUP_WAIT_S = 0.5
 
 
 class StartTrainingRequest(BaseModel):
@@ -122,8 +142,121 @@ def error_message_from(response: httpx.Response) -> str:
     return json.dumps(body)[:300]
 
 
+class _Deadline(threading.local):
+    """The monotonic deadline of the request this thread is sending (None: no request)."""
+
+    at: float | None = None
+
+    def remaining(
+        self, timeout: float | None, overrun: type[Exception] = httpcore.ReadTimeout
+    ) -> float | None:
+        """The per-operation timeout shortened to what is left; raises when nothing is."""
+        if self.at is None:
+            return timeout
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise overrun("the request's total deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket whose every connect, read and write ends by the request's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._stream, self._deadline = stream, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._deadline.remaining(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._deadline.remaining(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self._deadline.remaining(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, left), self._deadline
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, deadline: _Deadline) -> None:
+        self._backend, self._deadline = httpcore.SyncBackend(), deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(
+            host,
+            port,
+            self._deadline.remaining(timeout, httpcore.ConnectTimeout),
+            local_address,
+            socket_options,
+        )
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_unix_socket(
+            path, self._deadline.remaining(timeout, httpcore.ConnectTimeout), socket_options
+        )
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def _deadline_transport(limits: httpx.Limits, deadline: _Deadline) -> httpx.HTTPTransport:
+    """httpx's own transport over sockets that keep the request's total deadline.
+
+    httpx has no total timeout and no public hook below the transport, so its connection pool
+    is rebuilt with the same limits on a network backend that does.
+    """
+    transport = httpx.HTTPTransport(limits=limits)
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=transport._pool._ssl_context,  # httpx's verified default, kept
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_DeadlineBackend(deadline),
+    )
+    return transport
+
+
+def _may_have_arrived(error: TransientApiError) -> bool:
+    """Whether a failed start may still have started a job on the service.
+
+    Refused connections and requests not fully written never reached it, and a service that
+    answered 5xx itself started nothing; a timeout or a connection lost while waiting for the
+    answer (and a 502/504 from a proxy in front) may come after it accepted the job.
+    """
+    if error.status_code is not None:
+        return error.status_code in (502, 504)
+    unsent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError)
+    return not isinstance(error.__cause__, (*unsent, httpx.WriteTimeout))
+
+
 class TrainingApiClient:
-    """One pooled httpx client per process: creating one per call costs ~26 ms."""
+    """One pooled httpx client per process: creating one per call costs ~26 ms.
+
+    `timeout_s` bounds each request as a whole: connecting, sending and reading the answer.
+    """
 
     def __init__(
         self,
@@ -132,11 +265,13 @@ class TrainingApiClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._deadline = _Deadline()
+        limits = httpx.Limits(max_connections=50, max_keepalive_connections=20)
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
-            transport=transport,
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+            transport=transport or _deadline_transport(limits, self._deadline),
             headers={"user-agent": "ktrdr-tasks"},
         )
 
@@ -147,74 +282,111 @@ class TrainingApiClient:
 
     @count_api_errors
     def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        """Send one request within the deadline; the decoded answer, or a classified error."""
         url = f"{API_PREFIX}{path}"
+        request = self._http.build_request(method, url, json=body)
+        self._deadline.at = deadline = time.monotonic() + self.timeout_s
         try:
-            request = self._http.build_request(method, url, json=body)
             response = self._http.send(request, stream=True)
             try:
-                content = self._read_capped(response)
+                chunks = self._chunks(response, deadline, method, url)
+                if response.status_code >= 400:
+                    raise self._refusal(method, url, path, response, b"".join(chunks))
+                try:
+                    if method == "GET" and path.startswith("/operations/"):
+                        return read_operation_answer(
+                            chunks,
+                            max_total_bytes=MAX_STREAMED_BYTES,
+                            max_kept_bytes=MAX_RESPONSE_BYTES,
+                        )
+                    return json.loads(b"".join(chunks))
+                except ValueError as exc:
+                    raise PermanentApiError(
+                        f"training API at {self.base_url} sent an answer to {method} {url} "
+                        f"that cannot be used ({exc}); refusing the answer",
+                        status_code=response.status_code,
+                    ) from None
             finally:
                 response.close()
         except httpx.TimeoutException as exc:
             raise TransientApiError(
-                f"training API at {self.base_url} timed out on {method} {url}"
+                f"training API at {self.base_url} timed out on {method} {url} "
+                f"(no complete answer within {self.timeout_s:g} s, KTRDR_API_TIMEOUT_S)"
             ) from exc
         except httpx.TransportError as exc:
             raise TransientApiError(
                 f"training API at {self.base_url} unreachable ({type(exc).__name__}: {exc})"
             ) from exc
-        answer = httpx.Response(response.status_code, content=content, request=request)
+        finally:
+            self._deadline.at = None
+
+    def _chunks(
+        self, response: httpx.Response, deadline: float, method: str, url: str
+    ) -> Iterator[bytes]:
+        """The body as it arrives, ended at the deadline and at the size the chain keeps.
+
+        Operation answers are bounded by the reader instead (their `metrics` may be large).
+        """
+        capped = not (method == "GET" and url.startswith(f"{API_PREFIX}/operations/"))
+        size = 0
+        for chunk in response.iter_bytes():
+            if time.monotonic() > deadline:  # a transport without the socket deadline
+                raise httpx.ReadTimeout("the request's total deadline passed")
+            size += len(chunk)
+            if capped and size > MAX_RESPONSE_BYTES:
+                raise PermanentApiError(
+                    f"training API at {self.base_url} sent more than "
+                    f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB to {method} {url}; "
+                    "refusing the answer",
+                    status_code=response.status_code,
+                )
+            yield chunk
+
+    def _refusal(
+        self, method: str, url: str, path: str, response: httpx.Response, content: bytes
+    ) -> TrainingApiError:
+        answer = httpx.Response(response.status_code, content=content)
         if answer.status_code >= 500:
-            raise TransientApiError(
+            return TransientApiError(
                 f"training API at {self.base_url} answered {answer.status_code} to "
                 f"{method} {url}: {error_message_from(answer)}",
                 status_code=answer.status_code,
             )
-        if answer.status_code >= 400:
-            error_type = PermanentApiError
-            if answer.status_code == 404 and path.startswith("/operations/"):
-                error_type = OperationNotFoundError
-            raise error_type(
-                f"training API refused {method} {url} ({answer.status_code}): "
-                f"{error_message_from(answer)}",
-                status_code=answer.status_code,
-            )
-        try:
-            return answer.json()
-        except ValueError as exc:
-            raise PermanentApiError(
-                f"training API at {self.base_url} sent a body that is not JSON for "
-                f"{method} {url}: {answer.text[:200]!r}",
-                status_code=answer.status_code,
-            ) from exc
-
-    def _read_capped(self, response: httpx.Response) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
-                raise PermanentApiError(
-                    f"training API at {self.base_url} sent more than "
-                    f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB; refusing the answer",
-                    status_code=response.status_code,
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        error_type = PermanentApiError
+        if answer.status_code == 404 and path.startswith("/operations/"):
+            error_type = OperationNotFoundError
+        return error_type(
+            f"training API refused {method} {url} ({answer.status_code}): "
+            f"{error_message_from(answer)}",
+            status_code=answer.status_code,
+        )
 
     # -- the three calls ---------------------------------------------------------------
 
+    def start_training(self, request: StartTrainingRequest) -> str:
+        """POST /trainings/start; returns the training operation id.
+
+        Transient failures that cannot have started a job are retried. One that may have
+        (the answer was lost after the service took the request) is resolved by looking the
+        job up under `task_id`: today's ktrdr uses it as the operation id, so the job found is
+        adopted and no second one is ever started.
+        """
+        try:
+            return self._post_start(request)
+        except TransientApiError as exc:
+            if not _may_have_arrived(exc):
+                raise
+            return self._adopt_started(request, exc)
+
     @retry(
-        retry=retry_if_exception_type(TransientApiError),
+        retry=retry_if_exception(
+            lambda exc: isinstance(exc, TransientApiError) and not _may_have_arrived(exc)
+        ),
         stop=stop_after_attempt(START_ATTEMPTS),
         wait=wait_exponential(multiplier=0.5, max=4),
         reraise=True,
     )
-    def start_training(self, request: StartTrainingRequest) -> str:
-        """POST /trainings/start; returns the training operation id.
-
-        Retrying is safe only because `task_id` is an idempotency key (DESIGN section 4).
-        """
+    def _post_start(self, request: StartTrainingRequest) -> str:
         body = self._request("POST", "/trainings/start", request.model_dump())
         if not isinstance(body, Mapping):
             raise PermanentApiError(f"training API start answer is not an object: {body!r:.200}")
@@ -230,8 +402,37 @@ class TrainingApiClient:
             )
         return operation_id
 
+    def _adopt_started(self, request: StartTrainingRequest, cause: TransientApiError) -> str:
+        """The job an ambiguous start may have created, found under its task_id."""
+        what = f"start of training {request.strategy_name} at {self.base_url} broke off ({cause})"
+        if not request.task_id:
+            raise PermanentApiError(
+                f"{what} and it may have started a job; without a task_id it cannot be found"
+            )
+        last: TrainingApiError = cause
+        for attempt in range(LOOKUP_ATTEMPTS):
+            if attempt:
+                time.sleep(LOOKUP_WAIT_S * attempt)  # a slow service may register it late
+            try:
+                found = self.get_operation(request.task_id)
+            except (OperationNotFoundError, TransientApiError) as exc:
+                last = exc
+                continue
+            return found.operation_id or request.task_id
+        if isinstance(last, OperationNotFoundError):
+            raise PermanentApiError(
+                f"{what}, and it knows no operation {request.task_id}: a ktrdr backend from "
+                "before 2026 ignores task_id and may be training it under another id (look in "
+                "GET /api/v1/operations?active_only=true and cancel it); trigger a new cycle"
+            )
+        raise TransientApiError(f"{what}; looking the job up failed too: {last}")
+
     def get_operation(self, operation_id: str) -> RemoteOperation:
-        """GET /operations/{id}, validated: a malformed answer is a PermanentApiError."""
+        """GET /operations/{id}, validated: a malformed answer is a PermanentApiError.
+
+        Of `metrics` only the last of `epochs[]` is kept (the December 2025 backend's losses);
+        today's ktrdr sends a malformed list there, which is never read.
+        """
         body = self._request("GET", f"/operations/{operation_id}")
         data = body.get("data", body) if isinstance(body, Mapping) else None
         if not isinstance(data, Mapping) or not isinstance(data.get("status"), str):

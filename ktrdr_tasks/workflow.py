@@ -1,7 +1,8 @@
 """The public API for a backend or the CLI: trigger, status, cancel, list, and the chain itself.
 
-A web backend calls `trigger()` (or builds `research_chain(op_id)` and calls
-`apply_async()` itself after creating the record); everything else reads the store.
+A web backend calls `trigger()`, or builds `research_chain(...)` and enqueues it itself with
+`.apply_async()` (its first task creates the record under the active-cycle limit);
+everything else reads the store.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def chain_task_ids(from_step: Step = FIRST_STEP) -> dict[Step, str]:
     return {step: str(uuid.uuid4()) for step in steps_from(from_step)}
 
 
-def research_chain(operation_id: str, task_ids: dict[Step, str] | None = None) -> chain:
-    """The cycle as one Celery chain of immutable signatures (each task reads Redis).
+def chain_of(operation_id: str, task_ids: dict[Step, str] | None = None) -> chain:
+    """The chain of an existing cycle as immutable signatures (each task reads Redis).
 
     `task_ids` selects the steps (and their ids); by default the whole chain with new ids.
     """
@@ -54,9 +55,57 @@ def research_chain(operation_id: str, task_ids: dict[Step, str] | None = None) -
     return chain(*signatures)
 
 
+def research_chain(
+    *, strategy: str | None = None, bypass_gates: bool = False, operation_id: str | None = None
+) -> chain:
+    """A Celery chain for a new cycle, for a backend to enqueue itself with `.apply_async()`.
+
+    The first task creates the cycle's record under the active-cycle limit
+    (`KTRDR_MAX_ACTIVE_CYCLES`, read by the worker); a cycle over the limit is recorded as
+    failed with ktrdr's refusal, never dropped. The operation id is known before enqueueing:
+    `research_chain(...).operation_id` (or pass your own).
+    """
+    if strategy is not None:
+        validate_strategy_name(strategy)
+    operation_id = operation_id or new_operation_id()
+    ids = chain_task_ids()
+    signatures = chain_of(operation_id, ids).tasks
+    new_cycle = {
+        "strategy": strategy,
+        "bypass_gates": bypass_gates,
+        "created_at": iso(utc_now()),
+        "task_ids": [ids[step] for step in sorted(ids)],
+    }
+    signatures[0].kwargs["new_cycle"] = new_cycle
+    built = chain(*signatures)
+    built.operation_id = operation_id
+    return built
+
+
+def new_cycle_record(
+    operation_id: str,
+    strategy: str | None,
+    bypass_gates: bool,
+    task_ids: list[str],
+    created_at: str,
+) -> Operation:
+    """The record of a cycle before its first step (task ids frozen before enqueueing)."""
+    metadata: dict[str, Any] = {"bypass_gates": bypass_gates}
+    if strategy:
+        metadata["requested_strategy"] = strategy
+    return Operation(
+        operation_id=operation_id,
+        created_at=created_at,
+        heartbeat_at=created_at,
+        task_ids=task_ids,
+        metadata=metadata,
+        progress=Progress(percentage=0, current_step="Queued"),
+    )
+
+
 def enqueue_steps(operation_id: str, task_ids: dict[Step, str]) -> None:
     """Enqueue the chain of the steps in `task_ids` (a resume picks up part of a cycle)."""
-    research_chain(operation_id, task_ids).apply_async()
+    chain_of(operation_id, task_ids).apply_async()
 
 
 def trigger(
@@ -74,23 +123,15 @@ def trigger(
     now = utc_now()
     operation_id = new_operation_id(now)
     ids = chain_task_ids()
-    metadata: dict[str, Any] = {"bypass_gates": bypass_gates}
-    if strategy:
-        metadata["requested_strategy"] = strategy
-    operation = Operation(
-        operation_id=operation_id,
-        created_at=iso(now),
-        heartbeat_at=iso(now),
-        task_ids=[ids[step] for step in sorted(ids)],
-        metadata=metadata,
-        progress=Progress(percentage=0, current_step="Queued"),
+    operation = new_cycle_record(
+        operation_id, strategy, bypass_gates, [ids[step] for step in sorted(ids)], iso(now)
     )
     blocking = store.create_operation(operation, settings.max_active_cycles)
     if blocking:
-        return _refusal(blocking, settings.max_active_cycles)
+        return refusal(blocking, settings.max_active_cycles)
 
     try:
-        research_chain(operation_id, ids).apply_async()
+        chain_of(operation_id, ids).apply_async()
     except Exception as exc:  # the broker is down: do not leave a pending cycle behind
         store.finish(
             operation_id, OperationStatus.FAILED, error_message=f"could not enqueue: {exc}"
@@ -106,7 +147,8 @@ def trigger(
     )
 
 
-def _refusal(blocking: list[str], limit: int) -> TriggerResult:
+def refusal(blocking: list[str], limit: int) -> TriggerResult:
+    """ktrdr's answer to a cycle over the active-cycle limit."""
     if limit == 1:
         return TriggerResult(
             triggered=False,
@@ -195,6 +237,8 @@ def use_environment(env: Mapping[str, str]) -> None:
     starts its own stack (the demo, a test module with its own redis-server) makes all three
     read it again here, the one place that knows how.
     """
+    if env and all(os.environ.get(name) == value for name, value in env.items()):
+        return  # already pointed there: keep the live connections (kombu shares its pools)
     os.environ.update(env)
     get_settings.cache_clear()
     reset_store()

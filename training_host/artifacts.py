@@ -1,5 +1,7 @@
 """Model files in ktrdr's layout: `<models>/<strategy>/<tf>_v<N>/` plus a `<tf>_latest` link.
 
+`metadata_v3` shapes ktrdr's v3 model metadata, which a v3 model directory carries too.
+
 A version directory is written complete under a temporary name and renamed into place, so
 a reader (or a crash) never sees half a model, and two jobs of one strategy never share a
 version number: the rename fails for the loser, which takes the next number.
@@ -46,6 +48,61 @@ def _point_latest(strategy_dir: Path, timeframe: str, target: str) -> None:
     temporary = strategy_dir / f".{timeframe}_latest.{uuid.uuid4().hex}.tmp"
     temporary.symlink_to(target)
     os.replace(temporary, link)
+
+
+# What ktrdr's `output_type` says a model predicts, by label source.
+_OUTPUT_TYPE = {
+    "zigzag": "classification",
+    "forward_return": "regression",
+    "context": "context_classification",
+    "regime": "regime_classification",
+    "triple_barrier": "classification",
+}
+
+
+def metadata_v3(
+    document: Mapping[str, Any],
+    resolved_features: list[str],
+    *,
+    symbols: list[str],
+    timeframes: list[str],
+    metrics: Mapping[str, float],
+    created_at: str,
+) -> dict[str, Any]:
+    """ktrdr's `metadata_v3.json` (its `ModelMetadata.to_dict`) for a model of a v3 strategy.
+
+    A ktrdr backtest rebuilds indicators, fuzzy sets and the feature order from this file,
+    not from the strategy YAML, so it must carry them as trained. Raw inputs are not
+    normalised at ktrdr 2c5c7173 (`normalization_params` stays empty), nor here.
+    """
+    model = _section(document, "model")
+    labels = _section(_section(document, "training"), "labels")
+    architecture = _section(model, "architecture")
+    name = str(document.get("name", "unknown"))
+    return {
+        "model_name": name,
+        "strategy_name": name,
+        "created_at": created_at,
+        "strategy_version": str(document.get("version", "3.0")),
+        "indicators": dict(document.get("indicators") or {}),
+        "fuzzy_sets": dict(document.get("fuzzy_sets") or {}),
+        "nn_inputs": list(document.get("nn_inputs") or []),
+        "resolved_features": list(resolved_features),
+        "training_symbols": list(symbols),
+        "training_timeframes": list(timeframes),
+        "training_metrics": dict(metrics),
+        "output_type": _OUTPUT_TYPE.get(str(labels.get("source", "zigzag")), "classification"),
+        "model_type": str(model.get("type", "mlp")),
+        "sequence_length": architecture.get("sequence_length"),
+        "normalization_params": {},
+        "context_data_config": document.get("context_data"),
+        "context_source_ids": [],
+    }
+
+
+def _section(document: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = document.get(key)
+    return value if isinstance(value, Mapping) else {}
 
 
 def save_model(

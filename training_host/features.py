@@ -1,7 +1,10 @@
-"""ktrdr's feature pipeline (format spec §1, §6): indicators -> 0-filled -> fuzzy -> lags.
+"""ktrdr's feature pipelines: indicators -> 0-filled -> fuzzy memberships (and raw values).
 
-Inputs are fuzzy memberships only, one column per set named `<tf>_<feature_id>_<set>`,
-sorted alphabetically, then `<column>_lag_<j>` copies for j = 1..lookback_periods. With
+v2 (format spec §1, §6): fuzzy memberships only, one column per set named
+`<tf>_<feature_id>_<set>`, sorted alphabetically, then `<column>_lag_<j>` copies for
+j = 1..lookback_periods. v3 (v3 spec §5): the columns `nn_inputs` lists, in its order,
+`<tf>_<fuzzy set>_<membership>` or `<tf>_<indicator ref>_raw`, any output of a multi-output
+indicator by `id.output`, no lags, split by plain fractions in bar order. With
 several timeframes, the finest is the base: coarser bars join it only once they have closed
 (a 4h bar opening 08:00 is known from the 1h bar opening 11:00 on), so no feature at bar t
 uses anything after t. The chronological split lives here too: it is part of what the model
@@ -17,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ktrdr_tasks.catalogue import resolve_params
+from ktrdr_tasks.strategy_v3 import ResolvedFeature, StrategyConfigV3, resolve_features
 from training_host import indicators
 from training_host.errors import TrainingFailed
 from training_host.fuzzy import FuzzySet, membership, parse_fuzzy_set
@@ -135,6 +140,90 @@ def build_inputs(
     return add_lags(inputs, lookback_periods).astype(np.float32)
 
 
+# --- v3: the inputs nn_inputs lists, in its order (format spec v3 section 5) ---
+
+
+def v3_features(config: StrategyConfigV3, timeframes: Sequence[str]) -> list[ResolvedFeature]:
+    """The resolved inputs, or TrainingFailed naming what this host cannot compute."""
+    for indicator_id, indicator in config.indicators.items():
+        spec = indicator.spec
+        if spec is None or spec.name not in indicators.INDICATORS:
+            raise TrainingFailed(
+                f"Indicator '{indicator_id}' (type: {indicator.type}) cannot be trained by the "
+                f"reference host: use one of {', '.join(indicators.INDICATORS)}"
+            )
+    features = resolve_features(config, timeframes)
+    for feature in features:
+        if feature.timeframe not in timeframes:
+            raise TrainingFailed(
+                f"nn_inputs use timeframe {feature.timeframe}, which this training does not "
+                f"load (timeframes: {', '.join(timeframes)})"
+            )
+        spec = config.indicators[feature.indicator_id].spec
+        assert spec is not None
+        if feature.output is not None and spec.name not in indicators.OUTPUTS:
+            raise TrainingFailed(
+                f"{feature.indicator_id}.{feature.output}: the reference host computes only "
+                f"the primary output of {spec.name}"
+            )
+    for fuzzy_set_id, fuzzy_set in config.fuzzy_sets.items():
+        for name, definition in fuzzy_set.memberships.items():
+            parse_fuzzy_set(fuzzy_set_id, name, _canonical_membership(definition))
+    return features
+
+
+def _canonical_membership(definition: Any) -> Any:
+    # v3 also registers `triangularmf` etc. and does not mind the case.
+    if isinstance(definition, Mapping) and isinstance(definition.get("type"), str):
+        kind = definition["type"].lower().removesuffix("mf")
+        return {**definition, "type": kind}
+    return definition
+
+
+def v3_timeframe_frame(
+    bars: pd.DataFrame, config: StrategyConfigV3, features: Sequence[ResolvedFeature]
+) -> pd.DataFrame:
+    """The columns of one timeframe's features: memberships and raw values, NaN read as 0."""
+    values: dict[tuple[str, str | None], np.ndarray] = {}
+    columns: dict[str, np.ndarray] = {}
+    for feature in features:
+        key = (feature.indicator_id, feature.output)
+        if key not in values:
+            indicator = config.indicators[feature.indicator_id]
+            spec = indicator.spec
+            assert spec is not None
+            params = resolve_params({"name": spec.name, **indicator.params})
+            series = indicators.compute_output(spec.name, bars, params, feature.output)
+            values[key] = series.replace([np.inf, -np.inf], np.nan).fillna(0.0).to_numpy()
+        if feature.fuzzy_set_id is None or feature.membership is None:
+            columns[feature.feature_id] = values[key]
+            continue
+        definition = config.fuzzy_sets[feature.fuzzy_set_id].memberships[feature.membership]
+        fuzzy_set = parse_fuzzy_set(
+            feature.fuzzy_set_id, feature.membership, _canonical_membership(definition)
+        )
+        columns[feature.feature_id] = membership(values[key], fuzzy_set)
+    return pd.DataFrame(columns, index=bars.index)
+
+
+def build_inputs_v3(
+    bars_by_timeframe: Mapping[str, pd.DataFrame],
+    config: StrategyConfigV3,
+    features: Sequence[ResolvedFeature],
+) -> pd.DataFrame:
+    """The v3 inputs on the base timeframe's bars, in nn_inputs order (no lagged copies)."""
+    base = base_timeframe(list(bars_by_timeframe))
+    base_index = pd.DatetimeIndex(bars_by_timeframe[base].index)
+    parts = []
+    for timeframe, bars in bars_by_timeframe.items():
+        own = [feature for feature in features if feature.timeframe == timeframe]
+        if own:
+            frame = v3_timeframe_frame(bars, config, own)
+            parts.append(align_to_base(frame, timeframe, base_index, base))
+    inputs = pd.concat(parts, axis=1)
+    return inputs[[feature.feature_id for feature in features]].astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Split:
     """Index ranges of one chronological split: train, then validation, then test."""
@@ -152,3 +241,13 @@ def chronological_split(count: int, test_size: float, validation_size: float) ->
     validation_count = round(remaining * validation_size)
     train_end = remaining - validation_count
     return Split(slice(0, train_end), slice(train_end, remaining), slice(remaining, count))
+
+
+def fraction_split(count: int, train: float, validation: float) -> Split:
+    """v3's split: the first `train` share trains, the next `validation` share validates,
+    the rest tests, cut at whole bars as ktrdr does (4358 bars, 0.7/0.15: 3050/654/654)."""
+    train_end = int(count * train)
+    validation_end = int(count * (train + validation))
+    return Split(
+        slice(0, train_end), slice(train_end, validation_end), slice(validation_end, count)
+    )

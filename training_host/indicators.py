@@ -2,7 +2,8 @@
 
 Each function takes the OHLCV frame (lower-case columns) and the parameters that
 `ktrdr_tasks.catalogue.resolve_params` resolved (the catalogue's names and defaults), and
-returns the indicator's primary output: the column a feature_id names in ktrdr. Every value
+returns the indicator's primary output: the column a feature_id names in ktrdr; `OUTPUTS`
+holds every output of the multi-output ones for v3's `id.output` references. Every value
 at bar t uses bars <= t only (rolling windows, recursive averages, shifts into the past),
 so no feature looks ahead. Warm-up bars are NaN here; the feature pipeline turns them to 0.
 Where the `ta` library has the same definition (RSI, ATR, CCI, Williams %R, MFI, ADX) the
@@ -82,6 +83,13 @@ def stochastic(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
     return raw_k.rolling(smooth_k, min_periods=smooth_k).mean()
 
 
+def stochastic_outputs(bars: pd.DataFrame, params: Mapping[str, Any]) -> dict[str, pd.Series]:
+    """Slow %K and %D, the SMA of %K over d_period."""
+    k = stochastic(bars, params)
+    d_period = _int(params, "d_period", 3)
+    return {"k": k, "d": k.rolling(d_period, min_periods=d_period).mean()}
+
+
 def williams_r(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
     """-100 * (highest high - close) / (highest high - lowest low): -100..0."""
     period = _int(params, "period", 14)
@@ -107,6 +115,11 @@ def mfi(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
 
 def adx(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
     """Wilder's ADX: smoothed DX of the +DI/-DI pair (trend strength only, 0..100)."""
+    return adx_outputs(bars, params)["adx"]
+
+
+def adx_outputs(bars: pd.DataFrame, params: Mapping[str, Any]) -> dict[str, pd.Series]:
+    """ADX with the directional indicators it is made of: adx, plus_di, minus_di."""
     period = _int(params, "period", 14)
     up = bars["high"].diff()
     down = -bars["low"].diff()
@@ -117,7 +130,11 @@ def adx(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
     plus_di = 100.0 * _safe_div(wilder_mean(plus_dm, period), smoothed_tr)
     minus_di = 100.0 * _safe_div(wilder_mean(minus_dm, period), smoothed_tr)
     dx = 100.0 * _safe_div((plus_di - minus_di).abs(), plus_di + minus_di)
-    return wilder_mean(dx, period).reindex(bars.index)
+    return {
+        "adx": wilder_mean(dx, period).reindex(bars.index),
+        "plus_di": plus_di.reindex(bars.index),
+        "minus_di": minus_di.reindex(bars.index),
+    }
 
 
 def aroon_up(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
@@ -135,6 +152,14 @@ def aroon_up(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
         since = np.argmax(windows[:, ::-1], axis=1)
         out[period - 1 :] = 100.0 * (period - since) / period
     return pd.Series(out, index=bars.index)
+
+
+def aroon_outputs(bars: pd.DataFrame, params: Mapping[str, Any]) -> dict[str, pd.Series]:
+    """Aroon up, down (the same count over the lowest low) and the oscillator up - down."""
+    up = aroon_up(bars, params)
+    mirrored = bars.assign(high=-bars["low"])
+    down = aroon_up(mirrored, params)
+    return {"up": up, "down": down, "oscillator": up - down}
 
 
 def cci(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
@@ -193,6 +218,12 @@ def bollinger_upper(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
     return middle + half_width
 
 
+def bollinger_outputs(bars: pd.DataFrame, params: Mapping[str, Any]) -> dict[str, pd.Series]:
+    """The three bands: upper, middle (the SMA), lower."""
+    middle, half_width = _bollinger(bars, params)
+    return {"upper": middle + half_width, "middle": middle, "lower": middle - half_width}
+
+
 def rvi(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
     """Relative vigor index line: SMA of the 1-2-2-1 weighted (close - open) over the same of
     (high - low); `signal_period` only shapes the signal line, which is not the output."""
@@ -206,6 +237,13 @@ def rvi(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
     return _safe_div(numerator, denominator)
 
 
+def rvi_outputs(bars: pd.DataFrame, params: Mapping[str, Any]) -> dict[str, pd.Series]:
+    """The RVI line and its signal line, the same 1-2-2-1 weighting of the line."""
+    line = rvi(bars, params)
+    signal = (line + 2 * line.shift(1) + 2 * line.shift(2) + line.shift(3)) / 6.0
+    return {"rvi": line, "signal": signal}
+
+
 def macd(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
     """MACD line: EMA(fast) - EMA(slow) of the source, in price units."""
     source = _source(bars, params)
@@ -214,6 +252,14 @@ def macd(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
     fast_ema = source.ewm(span=fast, adjust=False, min_periods=fast).mean()
     slow_ema = source.ewm(span=slow, adjust=False, min_periods=slow).mean()
     return fast_ema - slow_ema
+
+
+def macd_outputs(bars: pd.DataFrame, params: Mapping[str, Any]) -> dict[str, pd.Series]:
+    """The MACD line, its signal (EMA of signal_period) and the histogram line - signal."""
+    line = macd(bars, params)
+    period = _int(params, "signal_period", 9)
+    signal = line.ewm(span=period, adjust=False, min_periods=period).mean()
+    return {"line": line, "signal": signal, "histogram": line - signal}
 
 
 def momentum(bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:
@@ -280,6 +326,33 @@ INDICATORS: dict[str, IndicatorFn] = {
     "BollingerBands": bollinger_upper,
     "OBV": obv,
 }
+
+
+OutputsFn = Callable[[pd.DataFrame, Mapping[str, Any]], dict[str, pd.Series]]
+
+# Every output of the multi-output indicators, by the names ktrdr gives them (the catalogue's
+# `outputs`): what a v3 `indicator_id.output` reference reads.
+OUTPUTS: dict[str, OutputsFn] = {
+    "MACD": macd_outputs,
+    "BollingerBands": bollinger_outputs,
+    "ADX": adx_outputs,
+    "Stochastic": stochastic_outputs,
+    "Aroon": aroon_outputs,
+    "RVI": rvi_outputs,
+}
+
+
+def compute_output(
+    name: str, bars: pd.DataFrame, params: Mapping[str, Any], output: str | None
+) -> pd.Series:
+    """One output of indicator `name` (None: the primary one, as a reference without a dot)."""
+    if output is None:
+        return compute(name, bars, params)
+    try:
+        series = OUTPUTS[name](bars, params)[output]
+    except KeyError:
+        raise KeyError(f"output {output!r} of {name!r} cannot be trained by this host") from None
+    return series.astype(float).rename(f"{name}.{output}")
 
 
 def compute(name: str, bars: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series:

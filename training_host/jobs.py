@@ -31,6 +31,7 @@ class JobContext:
     registry: OperationRegistry
     cancel_event: threading.Event = field(default_factory=threading.Event)
     commit_lock: threading.Lock = field(default_factory=threading.Lock)
+    committed: bool = False
 
     def cancelled(self) -> bool:
         return self.cancel_event.is_set()
@@ -50,6 +51,7 @@ class JobContext:
             self.check_cancel()
             result = save()
             self.registry.finish(self.operation_id, "completed", result_summary=result)
+            self.committed = True
             return result
 
 
@@ -82,12 +84,12 @@ class JobRunner:
                 return
             try:
                 result = work(context)
+                if not context.committed:  # work that wrote nothing commits its result here
+                    context.commit(lambda: result)
             except TrainingCancelled:
                 self.registry.finish(operation_id, "cancelled", error_message="Cancelled")
-                return
             except TrainingFailed as exc:
                 self.registry.finish(operation_id, "failed", error_message=str(exc))
-                return
             except Exception as exc:  # a bug must end the job, never leave it running
                 log.exception("training %s crashed", operation_id)
                 self.registry.finish(
@@ -96,8 +98,6 @@ class JobRunner:
                     error_message=f"Training crashed: {type(exc).__name__}: {exc}. "
                     "This is a bug in the training host; see its log.",
                 )
-                return
-            self.registry.finish(operation_id, "completed", result_summary=result)
         finally:
             log.info("training %s ended: %s", operation_id, self.registry.status(operation_id))
             with self._lock:
@@ -126,6 +126,17 @@ class JobRunner:
     def active_jobs(self) -> int:
         with self._lock:
             return len(self._contexts)
+
+    def is_full(self) -> bool:
+        """Every worker is taken: a new job would wait as `pending`."""
+        return self.active_jobs() >= self.concurrency
+
+    def refuses_start(self, busy: str, task_id: str | None) -> bool:
+        """With KTRDR_HOST_BUSY=503 a new start is refused while every worker is taken.
+
+        A repeated task_id is never refused: it starts nothing and answers with its job.
+        """
+        return busy == "503" and self.is_full() and not self.registry.knows_task(task_id)
 
     def shutdown(self) -> None:
         """Cancel everything and stop the workers (server shutdown)."""

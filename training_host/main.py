@@ -1,4 +1,4 @@
-"""Entry point: `create_app(settings)` builds the service, `main()` serves it with uvicorn."""
+"""Entry point: `create_app(settings)` builds the service, `main()` serves it (`server.py`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import torch
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +21,7 @@ from training_host.metrics import instrument
 from training_host.middleware import BodySizeLimit
 from training_host.operations import OperationRegistry
 from training_host.routes import health, operations, trainings
+from training_host.server import serve
 from training_host.settings import HostSettings
 
 API_PREFIX = "/api/v1"
@@ -100,6 +100,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--concurrency", type=int, help="trainings at once (KTRDR_TRAINING_CONCURRENCY)"
     )
     parser.add_argument(
+        "--request-timeout",
+        dest="request_timeout_s",
+        type=float,
+        help="seconds a request may take to arrive whole (KTRDR_HOST_REQUEST_TIMEOUT_S, 10)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        help="connections served at once, 503 beyond (KTRDR_HOST_MAX_CONNECTIONS, 100)",
+    )
+    parser.add_argument(
+        "--keep-alive",
+        dest="keep_alive_s",
+        type=int,
+        help="idle keep-alive connections closed after this (KTRDR_HOST_KEEP_ALIVE_S, 5)",
+    )
+    parser.add_argument(
         "--log-level",
         help="DEBUG, INFO, WARNING, ERROR or CRITICAL (KTRDR_LOG_LEVEL, default INFO)",
     )
@@ -112,12 +129,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     settings = HostSettings(**overrides)
     logs.configure(settings.log_format, settings.log_level)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        log_config=None,  # uvicorn's lines go through the root logger, in KTRDR_LOG_FORMAT
-    )
+    serve(create_app(settings), settings)
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 NUM_CLASSES = 3
@@ -47,10 +46,3 @@ def build_mlp(
 def parameter_count(model: nn.Module) -> int:
     """Trainable parameters, reported in `model_info`."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def predict_classes(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Class indices (0 BUY, 1 HOLD, 2 SELL) for a batch of inputs, in eval mode."""
-    model.eval()
-    with torch.no_grad():
-        return model(inputs).argmax(dim=1)

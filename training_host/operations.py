@@ -5,11 +5,17 @@ guards every record. Rules, as in the chain's store: a terminal status (complete
 cancelled) is final, so a job finishing after a cancel cannot resurrect the operation, and
 progress never goes backwards. The registry is lost on restart; a client then gets 404 and
 must treat the job as lost (DESIGN section 2).
+
+Answers stay small however long a training runs: `metrics.epochs` holds the last
+`RECENT_EPOCHS` epochs (`progress.steps_completed` / `steps_total` stay exact, and the model's
+`metrics.json` keeps every epoch). A request's `task_id` becomes the operation id, as on
+today's ktrdr, so a client that lost a start's answer finds the job under it.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -18,6 +24,10 @@ from typing import Any
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 ACTIVE = frozenset({"pending", "running"})
+# Epochs an operation answer lists: enough for a loss curve, ~22 KB whatever the length.
+RECENT_EPOCHS = 100
+# A task_id usable as an operation id in a URL path; anything else gets a generated id.
+_ID_LIKE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
 
 
 def now_iso() -> str:
@@ -54,7 +64,7 @@ class Operation:
             "context": {},
         }
     )
-    metrics: dict[str, Any] = field(default_factory=lambda: {"epochs": []})
+    metrics: dict[str, Any] = field(default_factory=lambda: {"epochs": [], "epochs_omitted": 0})
     error_message: str | None = None
     result_summary: dict[str, Any] | None = None
     sequence: int = 0
@@ -117,9 +127,16 @@ class OperationRegistry:
         with self._lock:
             if task_id is not None and task_id in self._by_task_id:
                 return self._operations[self._by_task_id[task_id]], False
-            operation_id = new_operation_id(operation_type)
-            while operation_id in self._operations:
+            if (
+                task_id is not None
+                and _ID_LIKE.fullmatch(task_id)
+                and task_id not in self._operations
+            ):
+                operation_id = task_id
+            else:
                 operation_id = new_operation_id(operation_type)
+                while operation_id in self._operations:
+                    operation_id = new_operation_id(operation_type)
             self._sequence += 1
             operation = Operation(
                 operation_id, operation_type, dict(metadata), sequence=self._sequence
@@ -134,6 +151,11 @@ class OperationRegistry:
         with self._lock:
             operation = self._operations.get(operation_id)
             return operation.to_info() if operation else None
+
+    def knows_task(self, task_id: str | None) -> bool:
+        """Whether a start with this task_id was already taken (a repeat starts nothing)."""
+        with self._lock:
+            return task_id is not None and task_id in self._by_task_id
 
     def status(self, operation_id: str) -> str | None:
         with self._lock:
@@ -179,7 +201,11 @@ class OperationRegistry:
             if context is not None:
                 progress["context"] = dict(context)
             if epoch_metrics is not None:
-                operation.metrics["epochs"].append(dict(epoch_metrics))
+                epochs = operation.metrics["epochs"]
+                epochs.append(dict(epoch_metrics))
+                if len(epochs) > RECENT_EPOCHS:
+                    del epochs[0]
+                    operation.metrics["epochs_omitted"] += 1
 
     def finish(
         self,

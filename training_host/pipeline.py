@@ -1,15 +1,17 @@
 """One training job end to end: bars -> features -> labels -> split -> MLP -> model files.
 
 The shell around the pure modules: it loads data (market_data), builds inputs (features,
-labels), trains (trainer), reports progress into the operation, and writes the model
-(artifacts) only if no cancel arrived. The result is ktrdr's nested `result_summary`.
+labels) by the strategy's format (`input_plan`: v2 memberships with lags, or v3's nn_inputs),
+trains (trainer), reports progress into the operation, and writes the model (artifacts, plus
+ktrdr's `metadata_v3.json` for a v3 strategy) only if no cancel arrived. The result is
+ktrdr's nested `result_summary`.
 """
 
 from __future__ import annotations
 
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -21,14 +23,19 @@ import pandas as pd
 import torch
 
 from ktrdr_tasks.strategy_schema import StrategyConfig
+from ktrdr_tasks.strategy_v3 import ResolvedFeature, StrategyConfigV3
 from training_host import __version__, artifacts
 from training_host.errors import TrainingFailed
 from training_host.features import (
     IndicatorFeature,
+    Split,
     base_timeframe,
     build_inputs,
+    build_inputs_v3,
     chronological_split,
+    fraction_split,
     indicator_features,
+    v3_features,
 )
 from training_host.jobs import JobContext
 from training_host.labels import CLASS_NAMES, label_distribution, zigzag_labels
@@ -48,12 +55,12 @@ PREPARE_SHARE, TRAIN_SHARE = 5.0, 90.0  # percent of progress for data prep and 
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """A validated start request: the strategy and the data it is trained on."""
+    """A validated start request: the strategy (v2 or v3) and the data it is trained on."""
 
     strategy_name: str
     strategy_path: Path
     document: dict[str, Any]
-    config: StrategyConfig
+    config: StrategyConfig | StrategyConfigV3
     symbols: tuple[str, ...]
     timeframes: tuple[str, ...]
     start_date: str | None
@@ -88,8 +95,104 @@ def strategy_features(config: StrategyConfig) -> list[IndicatorFeature]:
     return indicator_features(items, fuzzy)
 
 
-def train_settings(config: StrategyConfig, seed: int) -> TrainSettings:
-    """`model.architecture` / `model.training` with ktrdr's defaults."""
+@dataclass(frozen=True)
+class InputPlan:
+    """How one strategy turns bars into inputs, labels and a chronological split."""
+
+    make_inputs: Callable[[Mapping[str, pd.DataFrame]], pd.DataFrame]
+    zigzag_threshold: float
+    split: Callable[[int], Split]
+    split_summary: dict[str, float]
+    resolved: list[ResolvedFeature] | None = None  # v3: the order metadata_v3.json records
+
+
+def training_timeframes(job: TrainingJob) -> list[str]:
+    """The timeframes trained: the request's, but a v3 multi-timeframe strategy's own list.
+
+    As ktrdr's v3 worker does: it trains a multi-timeframe strategy on the strategy's list,
+    base timeframe first (so the model lands in `<base>_vN`), whatever the request says.
+    """
+    selection = job.config.training_data.timeframes
+    listed = list(job.timeframes)
+    if isinstance(job.config, StrategyConfigV3) and selection.mode == "multi_timeframe":
+        base = selection.base_timeframe or selection.names[0]
+        listed = [base, *(tf for tf in selection.names if tf != base)]
+    return [normalise_timeframe(tf) for tf in listed]
+
+
+def input_plan(job: TrainingJob) -> InputPlan:
+    """The v2 or v3 recipe; TrainingFailed names anything this host cannot train."""
+    config = job.config
+    if isinstance(config, StrategyConfigV3):
+        return _v3_plan(config, training_timeframes(job))
+    features = strategy_features(config)
+    lookback = config.model.features.lookback_periods
+    split_cfg = config.data_split
+    return InputPlan(
+        make_inputs=lambda bars: build_inputs(bars, features, lookback),
+        zigzag_threshold=float(config.labels.zigzag_threshold or 0.0),
+        split=lambda n: chronological_split(n, split_cfg.test_size, split_cfg.validation_size),
+        split_summary={
+            "test_size": split_cfg.test_size,
+            "validation_size": split_cfg.validation_size,
+        },
+    )
+
+
+def _v3_plan(config: StrategyConfigV3, timeframes: list[str]) -> InputPlan:
+    unsupported = _v3_host_limits(config)
+    if unsupported:
+        raise TrainingFailed(
+            f"The reference host cannot train {config.name}: {'; '.join(unsupported)}. "
+            "A ktrdr backend can; here use zigzag labels, an mlp and classification."
+        )
+    resolved = v3_features(config, timeframes)
+    training = config.training_section
+    split_cfg = training.data_split
+    return InputPlan(
+        make_inputs=lambda bars: build_inputs_v3(bars, config, resolved),
+        zigzag_threshold=float(training.labels.zigzag_threshold),
+        split=lambda n: fraction_split(n, split_cfg.train, split_cfg.validation),
+        split_summary={
+            "train": split_cfg.train,
+            "validation": split_cfg.validation,
+            "test": round(1 - split_cfg.train - split_cfg.validation, 6),
+        },
+        resolved=resolved,
+    )
+
+
+def _v3_host_limits(config: StrategyConfigV3) -> list[str]:
+    training, model = config.training_section, config.model_section
+    limits = []
+    if training.labels.source != "zigzag":
+        limits.append(f"training.labels.source is {training.labels.source}")
+    if model.type != "mlp":
+        limits.append(f"model.type is {model.type}")
+    if config.decisions.get("output_format", "classification") != "classification":
+        limits.append(f"decisions.output_format is {config.decisions['output_format']}")
+    if config.context_data:
+        limits.append("context_data needs external data providers")
+    return limits
+
+
+def train_settings(config: StrategyConfig | StrategyConfigV3, seed: int) -> TrainSettings:
+    """`model.architecture` / `model.training` (v3: `training`) with ktrdr's defaults.
+
+    v3 trains every epoch with Adam (weight decay 1e-4): it passes only epochs, learning
+    rate and batch size to its trainer, so early stopping never runs there either.
+    """
+    if isinstance(config, StrategyConfigV3):
+        architecture_v3, training_v3 = config.model_section.architecture, config.training_section
+        return TrainSettings(
+            hidden_layers=tuple(int(size) for size in architecture_v3.hidden_layers or ()),
+            activation=activation_name(architecture_v3.activation),
+            dropout=float(architecture_v3.dropout),
+            learning_rate=float(training_v3.learning_rate),
+            batch_size=int(training_v3.batch_size),
+            epochs=int(training_v3.epochs),
+            seed=seed,
+        )
     architecture, training = config.model.architecture, config.model.training
     early = training.early_stopping or None
     extra = training.model_extra or {}
@@ -125,25 +228,21 @@ def check_data(
     }
 
 
-def build_dataset(
-    job: TrainingJob, features: list[IndicatorFeature], data_dir: Path | None
-) -> Dataset:
+def build_dataset(job: TrainingJob, plan: InputPlan, data_dir: Path | None) -> Dataset:
     """Inputs, zigzag labels and the chronological split of every requested symbol."""
-    config = job.config
-    timeframes = [normalise_timeframe(tf) for tf in job.timeframes]
+    timeframes = training_timeframes(job)
     base = base_timeframe(timeframes)
-    threshold = float(config.labels.zigzag_threshold or 0.0)
-    split_cfg = config.data_split
+    threshold = plan.zigzag_threshold
     frames = check_data(job.symbols, timeframes, job.start_date, job.end_date, data_dir)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("xt", "yt", "xv", "yv", "xs", "ys")}
     names: list[str] = []
     per_symbol: dict[str, Any] = {}
     for symbol in job.symbols:
         bars = {tf: frames[(symbol, tf)] for tf in timeframes}
-        inputs = build_inputs(bars, features, config.model.features.lookback_periods)
+        inputs = plan.make_inputs(bars)
         names = list(inputs.columns)
         labels = zigzag_labels(bars[base]["close"].to_numpy(), threshold)
-        split = chronological_split(len(labels), split_cfg.test_size, split_cfg.validation_size)
+        split = plan.split(len(labels))
         values = inputs.to_numpy(dtype=np.float32)
         for key, part in (("t", split.train), ("v", split.validation), ("s", split.test)):
             parts[f"x{key}"].append(values[part])
@@ -174,10 +273,7 @@ def build_dataset(
         ),
         "train_label_distribution": label_distribution(stacked["yt"]),
         "zigzag_threshold": threshold,
-        "data_split": {
-            "test_size": split_cfg.test_size,
-            "validation_size": split_cfg.validation_size,
-        },
+        "data_split": plan.split_summary,
         "per_symbol": per_symbol,
     }
     _check_trainable(job, summary, threshold)
@@ -215,6 +311,15 @@ def _check_trainable(job: TrainingJob, summary: dict[str, Any], threshold: float
         )
 
 
+def _final(training_metrics: Mapping[str, Any]) -> dict[str, float]:
+    # metadata_v3.json keeps numbers only (ktrdr's `training_metrics: dict[str, float]`).
+    return {
+        key: float(value)
+        for key, value in training_metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 def _versions() -> dict[str, str]:
     try:
         package = importlib_metadata.version("ktrdr-tasks")
@@ -237,8 +342,8 @@ def run_training(
     """Run the job; return ktrdr's nested result_summary. Raises TrainingFailed/Cancelled."""
     registry, operation_id = context.registry, context.operation_id
     registry.update_progress(operation_id, percentage=1.0, current_step="Loading market data")
-    features = strategy_features(job.config)
-    dataset = build_dataset(job, features, data_dir)
+    plan = input_plan(job)
+    dataset = build_dataset(job, plan, data_dir)
     context.check_cancel()
     settings = train_settings(job.config, seed)
     registry.update_progress(
@@ -285,7 +390,7 @@ def run_training(
         outcome.model, torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
     )
     registry.update_progress(operation_id, percentage=97.0, current_step="Saving model")
-    return _save_and_summarise(job, context, dataset, settings, outcome, test, models_dir)
+    return _save_and_summarise(job, context, dataset, settings, outcome, test, models_dir, plan)
 
 
 def _save_and_summarise(
@@ -296,6 +401,7 @@ def _save_and_summarise(
     outcome: Any,
     test: dict[str, float],
     models_dir: Path,
+    plan: InputPlan,
 ) -> dict[str, Any]:
     history = outcome.history
     last = history[-1]
@@ -370,6 +476,15 @@ def _save_and_summarise(
             "versions": _versions(),
         },
     }
+    if plan.resolved is not None:
+        files["metadata_v3.json"] = artifacts.metadata_v3(
+            job.document,
+            [feature.feature_id for feature in plan.resolved],
+            symbols=list(job.symbols),
+            timeframes=timeframes,
+            metrics={**_final(training_metrics), **test_metrics},
+            created_at=created_at,
+        )
 
     def save() -> dict[str, Any]:
         path = artifacts.save_model(

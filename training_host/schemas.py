@@ -8,6 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 OperationStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 
+# Today's ktrdr's 503 while its only worker is busy (KTRDR_HOST_BUSY=503 answers the same).
+BUSY_DETAIL = {
+    "error": "No training workers available",
+    "hint": "Every training worker is busy; retry in a few seconds",
+}
+
 
 class TrainingStartRequest(BaseModel):
     """`POST /api/v1/trainings/start`: which strategy, on which bars. Unknown keys are ignored."""

@@ -7,6 +7,7 @@ Names follow the chain's settings where they share a meaning (`KTRDR_STRATEGIES_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,17 @@ class HostSettings(BaseSettings):
     max_body_bytes: int = Field(
         1024 * 1024, ge=1, validation_alias=AliasChoices("KTRDR_HOST_MAX_BODY_BYTES")
     )
+    # Server limits (training_host.server): a request must arrive whole within this time,
+    # at most this many connections at once, idle keep-alive connections closed after this.
+    request_timeout_s: float = Field(
+        10.0, gt=0, le=3600, validation_alias=AliasChoices("KTRDR_HOST_REQUEST_TIMEOUT_S")
+    )
+    max_connections: int = Field(
+        100, ge=1, validation_alias=AliasChoices("KTRDR_HOST_MAX_CONNECTIONS")
+    )
+    keep_alive_s: int = Field(
+        5, ge=1, le=600, validation_alias=AliasChoices("KTRDR_HOST_KEEP_ALIVE_S")
+    )
     torch_threads: int = Field(
         default_factory=_default_torch_threads,
         ge=1,
@@ -46,3 +58,6 @@ class HostSettings(BaseSettings):
     seed: int = Field(42, validation_alias=AliasChoices("KTRDR_TRAINING_SEED"))
     log_level: LogLevel = Field("INFO", validation_alias=AliasChoices("KTRDR_LOG_LEVEL"))
     log_format: LogFormat = Field("text", validation_alias=AliasChoices("KTRDR_LOG_FORMAT"))
+    # `503`: refuse a start while every worker is busy, as today's ktrdr does (the client's
+    # retry path then runs against this host too); `queue` (default): it waits as pending.
+    busy: Literal["queue", "503"] = Field("queue", validation_alias=AliasChoices("KTRDR_HOST_BUSY"))

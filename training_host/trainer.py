@@ -155,7 +155,7 @@ def train(
             loss = loss_fn(logits, targets[index])
             if not torch.isfinite(loss):
                 raise TrainingFailed(
-                    f"Training loss became {float(loss)} at epoch {epoch}, batch {batch + 1}: "
+                    f"Training loss became {loss.item()} at epoch {epoch}, batch {batch + 1}: "
                     f"lower model.training.learning_rate (now {settings.learning_rate}) or "
                     "set model.training.gradient_clip"
                 )

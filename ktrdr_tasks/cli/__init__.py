@@ -58,6 +58,14 @@ def _register() -> None:
     cli.add_command(demo)
 
 
+def _unreachable_hint(exc: KtrdrTasksError) -> str:
+    """Redis unreachable next to a stack kept by `ktrdr demo --keep-running`: say what to source."""
+    from ktrdr_tasks.errors import StoreUnavailableError
+    from ktrdr_tasks.stack import kept_stack_hint
+
+    return kept_stack_hint() if isinstance(exc, StoreUnavailableError) else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the group and turn our errors into one line and an exit code."""
     _register()
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(EXIT_BAD_INPUT)
     except KtrdrTasksError as exc:
-        click.echo(f"error: {one_line_error(exc)}", err=True)
+        click.echo(f"error: {one_line_error(f'{exc}{_unreachable_hint(exc)}')}", err=True)
         sys.exit(exit_code_for(exc))
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -3,7 +3,9 @@
 Starts the local stack (`ktrdr_tasks.stack`: redis-server, Celery worker and beat, the
 reference training host, Flower), triggers one cycle with the built-in designer (or
 `--strategy`), follows it live to the verdict, prints where the strategy and the model are,
-and stops everything it started: on success, on failure, on Ctrl+C and on SIGTERM.
+and stops everything it started: on success, on failure, on Ctrl+C and on SIGTERM. A process
+of the stack that exits meanwhile is restarted with backoff; with `--keep-running` a
+supervisor process of its own keeps doing that after the demo returns.
 
 Exit codes: 0 when the cycle reached a verdict (completed, or failed at the training gate:
 both are real outcomes of research); 1 when it failed otherwise, was cancelled or timed out;
@@ -13,10 +15,7 @@ both are real outcomes of research); 1 when it failed otherwise, was cancelled o
 from __future__ import annotations
 
 import contextlib
-import importlib
-import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from ktrdr_tasks.errors import EXIT_OK as EXIT_VERDICT
 from ktrdr_tasks.errors import EXIT_UNAVAILABLE as EXIT_STACK
 from ktrdr_tasks.settings import get_settings
 from ktrdr_tasks.stack import (
+    DEFAULT_DATA_DIR,
     FLOWER_USER,
     Stack,
     StackError,
@@ -69,23 +69,6 @@ def _uninterruptible() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _use_stack(env: dict[str, str]) -> None:
-    """Point this process (trigger, status) at the stack, as its children are."""
-    os.environ.update(env)
-    get_settings.cache_clear()
-    from ktrdr_tasks.store import reset_store
-
-    reset_store()
-    # Celery reads celeryconfig on first use; if something already read it, read it again.
-    if "celeryconfig" in sys.modules:
-        from ktrdr_tasks.app import app
-
-        config = importlib.reload(sys.modules["celeryconfig"])
-        app.conf.update(
-            broker_url=config.broker_url, broker_transport_options=config.broker_transport_options
-        )
 
 
 def _shown(path: str | Path | None) -> str:
@@ -140,7 +123,8 @@ def _summary(stack: Stack, operation: dict[str, Any], keep_running: bool) -> lis
             f"  Flower         {stack.flower_url}  (user {FLOWER_USER}, password "
             f"{stack.flower_password})",
             "",
-            "The stack keeps running. To use it from a shell:",
+            "The stack keeps running under its supervisor, which restarts a process that exits",
+            f"(log {_shown(stack.paths.log('supervisor'))}). To use it from a shell:",
             f"  set -a; . {env_file}; set +a",
             f"  ktrdr operations status {operation['operation_id']}",
             "  ktrdr agent trigger --follow",
@@ -161,7 +145,7 @@ def _summary(stack: Stack, operation: dict[str, Any], keep_running: bool) -> lis
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".ktrdr"),
+    default=DEFAULT_DATA_DIR,
     show_default=True,
     help="Redis AOF, logs, strategies and models.",
 )
@@ -236,12 +220,13 @@ class _DemoRun:
             seed_strategies(EXAMPLE_STRATEGIES, stack.strategies_dir)
         if strategy:  # a wrong name fails now, not after five processes have started
             load_strategy_config(strategy, stack.strategies_dir)
-        stack.start(on_step=lambda step: echo(f"  starting {step}"))
+        start = stack.start_detached if stack.keep_running else stack.start
+        start(on_step=lambda step: echo(f"  starting {step}"))
         echo(
             f"  ready: redis, worker, beat, training host {stack.api_url}, "
             f"Flower {stack.flower_url}"
         )
-        _use_stack(stack.env())
+        workflow.use_environment(stack.env())  # this process talks to the stack too
         _cancel_leftovers(echo)
 
         result = workflow.trigger(strategy=strategy)

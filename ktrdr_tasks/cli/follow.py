@@ -70,7 +70,7 @@ def verdict_text(operation: dict[str, Any]) -> str:
         gate = meta.get("gate") or {}
         metrics = gate.get("metrics") or {}
         accuracy = metrics.get("accuracy")
-        loss = metrics.get("final_loss")
+        loss = metrics.get("test_loss", metrics.get("final_loss"))  # the gate named it final_loss
         figures = ""
         if accuracy is not None and loss is not None:
             figures = f" (test accuracy {accuracy:.3f}, test loss {loss:.3f})"

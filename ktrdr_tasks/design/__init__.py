@@ -4,14 +4,20 @@
 picks the designer from the settings (the built-in composer, or an LLM through the Anthropic
 Messages API), keeps away from every design already tried (fingerprints in the cycle history
 and in the strategies directory), validates the result with the trainer's rules
-(`check_strategy`) and saves it without ever overwriting a file.
+(`check_any_strategy`) and saves it without ever overwriting a file.
+
+A seed fixes the built-in designer's sequence of candidates, the same in any directory; the
+design chosen is the first candidate of that sequence that is not already known (its
+fingerprint in the history or in the strategies directory, or its name taken). So a seed
+gives the same design in any directory that holds none of its earlier candidates, and the
+result records the seed, the candidate's position and every candidate skipped with the reason.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +33,12 @@ from ktrdr_tasks.design.storage import (
 )
 from ktrdr_tasks.errors import DesignError
 from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.strategy_schema import check_strategy
+from ktrdr_tasks.strategy_v3 import check_any_strategy
 
 __all__ = [
     "DesignResult",
     "ProgressCallback",
+    "SkippedCandidate",
     "design_fingerprint",
     "design_strategy",
     "summarize_design",
@@ -45,8 +52,21 @@ MAX_CANDIDATES = 200
 
 
 @dataclass(frozen=True)
+class SkippedCandidate:
+    """A candidate of the seed's sequence that was not chosen, and why."""
+
+    candidate: int
+    name: str
+    reason: str  # "known_design" (fingerprint in history or directory) or "name_taken"
+
+
+@dataclass(frozen=True)
 class DesignResult:
-    """A saved design: the file, its content and the one-sentence hypothesis it tests."""
+    """A saved design: the file, its content and the one-sentence hypothesis it tests.
+
+    For the built-in designer, `seed` and `candidate` (1-based position in the seed's
+    sequence) reproduce the choice, and `skipped` says why earlier candidates were passed over.
+    """
 
     name: str
     path: Path
@@ -54,6 +74,9 @@ class DesignResult:
     hypothesis: str
     fingerprint: str
     designer: str
+    seed: int | None = None
+    candidate: int | None = None
+    skipped: tuple[SkippedCandidate, ...] = field(default_factory=tuple)
 
 
 def design_strategy(
@@ -91,21 +114,30 @@ def _design_builtin(
 ) -> DesignResult:
     seed = secrets.randbits(63) if seed is None else seed
     stream = builtin.candidates(
-        seed, datasets, settings.training_start_date, settings.training_end_date
+        seed,
+        datasets,
+        settings.training_start_date,
+        settings.training_end_date,
+        settings.strategy_format,
     )
-    for _, candidate in zip(range(MAX_CANDIDATES), stream, strict=False):
-        if candidate.fingerprint in avoid:
-            continue
+    skipped: list[SkippedCandidate] = []
+    for position, candidate in zip(range(1, MAX_CANDIDATES + 1), stream, strict=False):
         name = candidate.config["name"]
+        if candidate.fingerprint in avoid:
+            skipped.append(SkippedCandidate(position, name, "known_design"))
+            continue
         if (settings.strategies_dir / f"{name}.yaml").exists():
+            skipped.append(SkippedCandidate(position, name, "name_taken"))
             continue
         progress(10, f"Choosing indicators: {', '.join(candidate.indicators)}")
         progress(20, "Validating")
-        check_strategy(candidate.config, f"designed strategy '{name}'")
+        check_any_strategy(candidate.config, f"designed strategy '{name}'")
         try:
             path = save_strategy(settings.strategies_dir, candidate.config)
         except StrategyExistsError:
-            continue  # another designer took this name between our check and our save
+            # another designer took this name between our check and our save
+            skipped.append(SkippedCandidate(position, name, "name_taken"))
+            continue
         progress(30, f"Saved {path}")
         return DesignResult(
             name=name,
@@ -114,6 +146,9 @@ def _design_builtin(
             hypothesis=candidate.hypothesis,
             fingerprint=candidate.fingerprint,
             designer="builtin",
+            seed=seed,
+            candidate=position,
+            skipped=tuple(skipped),
         )
     raise DesignError(
         f"the built-in designer found no new design in {MAX_CANDIDATES} candidates "

@@ -7,7 +7,8 @@ typical spread on that dataset: the catalogue's EURUSD 1h quantiles, rescaled by
 dataset's volatility (and price level, for outputs in price units). The outer sets are
 shoulders reaching the edge of the output range, so every value, including the 0 that
 warm-up bars read, has a membership. The model is sized to the data, epochs stay small, and
-the zigzag threshold follows the bar's volatility. Everything is a pure function of the seed;
+the zigzag threshold follows the bar's volatility. A v3 design is the same design migrated
+to today's format. Everything is a pure function of the seed (and format);
 `design/__init__.py` does the history checks, validation and saving.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 from ktrdr_tasks.catalogue import INDICATORS, IndicatorSpec
 from ktrdr_tasks.datasets import EURUSD_1H_VOLATILITY, Dataset, timeframe_minutes
 from ktrdr_tasks.design.storage import design_fingerprint
+from ktrdr_tasks.strategy_migration import convert_v2_to_v3
 
 # EURUSD's typical close when the catalogue's quantiles were measured.
 _EURUSD_PRICE = 1.176
@@ -105,11 +107,12 @@ def candidates(
     datasets: Sequence[Dataset],
     start_date: str | None = None,
     end_date: str | None = None,
+    strategy_format: str = "v2",
 ) -> Iterator[Candidate]:
-    """An endless stream of designs, the same for the same seed."""
+    """An endless stream of designs, the same for the same seed (and format)."""
     rng = random.Random(seed)
     while True:
-        yield compose(rng, datasets, start_date, end_date)
+        yield compose(rng, datasets, start_date, end_date, strategy_format)
 
 
 def compose(
@@ -117,8 +120,14 @@ def compose(
     datasets: Sequence[Dataset],
     start_date: str | None = None,
     end_date: str | None = None,
+    strategy_format: str = "v2",
 ) -> Candidate:
-    """One strategy drawn from `rng`: dataset, indicators, fuzzy sets, model, labels, name."""
+    """One strategy drawn from `rng`: dataset, indicators, fuzzy sets, model, labels, name.
+
+    Composed in v2 and, for `strategy_format="v3"`, migrated by `convert_v2_to_v3` before it
+    is named: the same design in the format today's ktrdr trains (no lagged inputs or early
+    stopping there; epochs under `training`, dates kept for the start request).
+    """
     dataset = _pick_dataset(rng, datasets)
     specs = _pick_indicators(rng, usable_indicators(dataset))
     items = [_indicator_item(rng, spec) for spec in specs]
@@ -159,6 +168,8 @@ def compose(
             "data_split": {"test_size": 0.15, "validation_size": 0.15},
         },
     }
+    if strategy_format == "v3":
+        config = convert_v2_to_v3(config).document
     fingerprint = design_fingerprint(config)
     config["name"] = strategy_name(dataset, specs, fingerprint)
     names = tuple(spec.name for spec in specs)

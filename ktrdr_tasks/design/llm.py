@@ -1,10 +1,11 @@
 """The LLM designer: asks Claude (Anthropic Messages API) for a strategy through a forced tool call.
 
 Used when `KTRDR_DESIGNER=anthropic`. The prompt carries what a ktrdr strategy must look like
-(a summary of `ktrdr-strategy-format.md`), the indicator catalogue with each output's typical
+in the format `KTRDR_STRATEGY_FORMAT` asks for (a summary of `ktrdr-strategy-format-v3.md`
+or of the v2 `ktrdr-strategy-format.md`), the indicator catalogue with each output's typical
 spread on the datasets the backend has, and the recent history, so the model proposes something
 new that can train. Its answer is the input of the `save_strategy` tool (the strategy as one
-object); `check_strategy` judges it. An invalid answer gets exactly one correction turn (a
+object); `check_any_strategy` judges it. An invalid answer gets exactly one correction turn (a
 `tool_result` with `is_error` listing the field errors); a second failure is a DesignError
 naming the fields. The API key is sent as a header and never appears in a message or log.
 """
@@ -29,14 +30,15 @@ from ktrdr_tasks.design.storage import (
 )
 from ktrdr_tasks.errors import DesignError, FieldError, StrategyValidationError
 from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.strategy_schema import REQUIRED_TOP_LEVEL, STRATEGY_NAME, check_strategy
+from ktrdr_tasks.strategy_schema import REQUIRED_TOP_LEVEL, STRATEGY_NAME
+from ktrdr_tasks.strategy_v3 import REQUIRED_V3, V3_VERSION, check_any_strategy, is_v3
 
 ANTHROPIC_VERSION = "2023-06-01"
 TOOL_NAME = "save_strategy"
 MAX_TOKENS = 4096
 HISTORY_SHOWN = 20
 
-FORMAT_RULES = """\
+FORMAT_RULES_V2 = """\
 Write one ktrdr v2 strategy (the format a ktrdr backend validates and trains).
 Top-level keys, all required: name, version (a STRING "1.0"), scope (symbol_specific),
 training_data, deployment, indicators, fuzzy_sets, model, decisions, training.
@@ -66,6 +68,40 @@ Also give description: ONE sentence stating the hypothesis the strategy tests.
   4h, 0.02-0.03 for EURUSD 1d, 0.07-0.11 for a volatile stock's daily bars.
 Call the save_strategy tool with the whole strategy as its input."""
 
+FORMAT_RULES_V3 = """\
+Write one ktrdr v3 strategy (the format today's ktrdr backend validates and trains; it refuses
+v2). Top-level keys, all required: name, version (the STRING "3.0"), training_data, indicators,
+fuzzy_sets, nn_inputs, model, decisions, training. Also give description: ONE sentence
+stating the hypothesis the strategy tests.
+- name: letters, digits, _ and - only (regex ^[A-Za-z0-9][A-Za-z0-9_-]*$), at most 80 chars.
+- training_data: {symbols: {mode: single, symbol: SYM}, timeframes: {mode: single,
+  timeframe: TF}, history_required: 200, start_date: "YYYY-MM-DD", end_date: "YYYY-MM-DD"}
+  using exactly one of the datasets listed below, with dates inside its span (ktrdr ignores
+  dates in the file; they are sent with the training request).
+- indicators: a MAPPING of 2-4 entries <indicator_id>: {type: <type below>, <param>: value},
+  e.g. rsi_14: {type: rsi, period: 14}. Use different families; parameters within the listed
+  ranges; parameters are flat keys (no nested params:).
+- fuzzy_sets: a MAPPING <fuzzy_set_id>: {indicator: <indicator_id>, <membership>: {type,
+  parameters}, ...}, one fuzzy set per indicator, 2-5 memberships each. A multi-output
+  indicator may be referenced as <indicator_id>.<output> (outputs listed below, the first is
+  used without a dot). type is exactly "triangular" [a,b,c] (a<=b<=c), "trapezoidal"
+  [a,b,c,d] (a<=b<=c<=d) or "gaussian" [mean, sigma>0]. Place memberships over the output's
+  typical spread on the chosen dataset (p5/p50/p95 below, of the first output); adjacent ones
+  overlap; trapezoid shoulders reach the edges of the output range; 0 must fall inside some
+  membership (warm-up bars read 0).
+- nn_inputs: a LIST with one entry per fuzzy set: {fuzzy_set: <fuzzy_set_id>, timeframes:
+  all}. The network inputs are the memberships, in this order.
+- model: {type: mlp, architecture: {hidden_layers: [32, 16], activation: relu,
+  dropout: 0.2}}
+- decisions: {output_format: classification, confidence_threshold: 0.6,
+  position_awareness: true}
+- training: {epochs: 5-15, batch_size: 32, learning_rate: 0.001, labels: {source: zigzag,
+  zigzag_threshold: <fraction>, label_lookahead: 20}, data_split: {train: 0.7,
+  validation: 0.15, test: 0.15}}. Epochs go HERE (ktrdr ignores model.training).
+  zigzag_threshold: about 4-6 typical bar moves: 0.003-0.006 for EURUSD 1h, 0.006-0.012 for
+  4h, 0.02-0.03 for EURUSD 1d, 0.07-0.11 for a volatile stock's daily bars.
+Call the save_strategy tool with the whole strategy as its input."""
+
 
 def design_with_llm(
     settings: Settings,
@@ -82,7 +118,9 @@ def design_with_llm(
             "KTRDR_DESIGNER=anthropic needs ANTHROPIC_API_KEY to be set "
             "(or use KTRDR_DESIGNER=builtin)"
         )
-    messages: list[dict[str, Any]] = [{"role": "user", "content": build_prompt(datasets, history)}]
+    fmt = settings.strategy_format
+    prompt = build_prompt(datasets, history, fmt)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
     with httpx.Client(timeout=settings.anthropic_timeout_s) as client:
         progress(5, f"Asking {settings.anthropic_model} for a design")
         config, errors, reply = _attempt(client, settings, messages, avoid)
@@ -115,26 +153,72 @@ def design_with_llm(
     )
 
 
-def build_prompt(datasets: Sequence[Dataset], history: Sequence[Mapping[str, Any]]) -> str:
+def build_prompt(
+    datasets: Sequence[Dataset],
+    history: Sequence[Mapping[str, Any]],
+    strategy_format: str = "v3",
+) -> str:
     """The user message: format rules, datasets, catalogue with spreads, recent history."""
-    parts = [FORMAT_RULES, "", "Datasets the training backend has:"]
+    rules = FORMAT_RULES_V3 if strategy_format == "v3" else FORMAT_RULES_V2
+    parts = [rules, "", "Datasets the training backend has:"]
     parts += [
         f"- {d.symbol} {d.timeframe}: {d.start_date or '?'} .. {d.end_date or '?'}"
         f"{f', ~{d.bars} bars' if d.bars else ''}"
         f"{f', price ~{d.price_level:g}' if d.price_level else ''}"
         for d in datasets
     ]
-    parts += ["", "Indicators (name: params (default; range), output, range, p5/p50/p95):"]
+    key = "type" if strategy_format == "v3" else "name"
+    legend = "outputs" if strategy_format == "v3" else "output"
+    parts += ["", f"Indicators ({key} [family]: params (default; range); {legend}; p5/p50/p95):"]
     names = {spec.name: spec for d in datasets for spec in usable_indicators(d)}
-    parts += [_catalogue_line(spec, datasets) for spec in names.values()]
+    parts += [_catalogue_line(spec, datasets, strategy_format) for spec in names.values()]
     parts += ["", _history_text(history)]
     parts += ["Propose something that differs from the history; learn from its results."]
     return "\n".join(parts)
 
 
-def tool_definition() -> dict[str, Any]:
-    """The `save_strategy` tool: its input is the strategy itself."""
+def tool_definition(strategy_format: str = "v3") -> dict[str, Any]:
+    """The `save_strategy` tool: its input is the strategy itself, in the asked format."""
     section = {"type": "object"}
+    if strategy_format == "v3":
+        return {
+            "name": TOOL_NAME,
+            "description": "Save the designed ktrdr v3 strategy. The input is the whole strategy.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string", "description": "one-sentence hypothesis"},
+                    "version": {"type": "string", "enum": [V3_VERSION]},
+                    "training_data": section,
+                    "indicators": {
+                        "type": "object",
+                        "description": "indicator_id -> {type, params...}",
+                        "minProperties": 1,
+                    },
+                    "fuzzy_sets": {
+                        "type": "object",
+                        "description": "fuzzy_set_id -> {indicator, memberships...}",
+                    },
+                    "nn_inputs": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "fuzzy_set": {"type": "string"},
+                                "timeframes": {"type": "string", "enum": ["all"]},
+                            },
+                            "required": ["fuzzy_set", "timeframes"],
+                        },
+                        "minItems": 1,
+                    },
+                    "model": section,
+                    "decisions": section,
+                    "training": section,
+                },
+                "required": [*REQUIRED_V3, "version", "description"],
+            },
+        }
     return {
         "name": TOOL_NAME,
         "description": "Save the designed ktrdr v2 strategy. The input is the whole strategy.",
@@ -192,11 +276,29 @@ def _attempt(
             "indicators", "this design repeats one already tried: change indicators or params"
         )
         return None, [duplicate], reply
+    wrong_format = _format_error(config, settings.strategy_format)
+    if wrong_format is not None:
+        return None, [wrong_format], reply
     try:
-        check_strategy(config, f"LLM design '{config['name']}'")
+        check_any_strategy(config, f"LLM design '{config['name']}'", stem=config["name"])
     except StrategyValidationError as exc:
         return None, exc.errors, reply
     return config, [], reply
+
+
+def _format_error(config: Mapping[str, Any], strategy_format: str) -> FieldError | None:
+    # A valid strategy in the other format would be refused by the backend this is for.
+    if strategy_format == "v3" and not is_v3(config):
+        return FieldError(
+            "indicators",
+            "write ktrdr v3: indicators as a mapping of indicator_id -> {type, params} and an "
+            "nn_inputs list (this backend refuses v2)",
+        )
+    if strategy_format == "v2" and is_v3(config):
+        return FieldError(
+            "indicators", "write ktrdr v2: indicators as a list of {name, feature_id, params}"
+        )
+    return None
 
 
 def _post(
@@ -206,7 +308,7 @@ def _post(
     body = {
         "model": settings.anthropic_model,
         "max_tokens": MAX_TOKENS,
-        "tools": [tool_definition()],
+        "tools": [tool_definition(settings.strategy_format)],
         "tool_choice": {"type": "tool", "name": TOOL_NAME},
         "messages": messages,
     }
@@ -279,7 +381,9 @@ def _save_unique(directory: Path, config: dict[str, Any]) -> Path:
 # --- prompt pieces ---
 
 
-def _catalogue_line(spec: IndicatorSpec, datasets: Sequence[Dataset]) -> str:
+def _catalogue_line(
+    spec: IndicatorSpec, datasets: Sequence[Dataset], strategy_format: str = "v3"
+) -> str:
     params = ", ".join(_param_text(p) for p in spec.params) or "none"
     low, high = spec.output_range
     bounds = f"{'-inf' if low is None else f'{low:g}'}..{'inf' if high is None else f'{high:g}'}"
@@ -293,6 +397,12 @@ def _catalogue_line(spec: IndicatorSpec, datasets: Sequence[Dataset]) -> str:
         spreads = f"every dataset: {next(iter(spreads_by_dataset.values()))}"
     else:
         spreads = "; ".join(f"{k}: {v}" for k, v in spreads_by_dataset.items())
+    if strategy_format == "v3":
+        outputs = f"outputs {', '.join(spec.outputs)}" if spec.outputs else "single output"
+        return (
+            f"- {spec.name.lower()} [{spec.family}]: {params}; {outputs} (first: "
+            f"{spec.output}), {bounds}; {spreads}"
+        )
     return f"- {spec.name} [{spec.family}]: {params}; output {spec.output}, {bounds}; {spreads}"
 
 
@@ -307,7 +417,11 @@ def _param_text(p: Any) -> str:
 def _history_text(history: Sequence[Mapping[str, Any]]) -> str:
     if not history:
         return "History: none yet (this is the first design)."
-    recent = list(history)[-HISTORY_SHOWN:]
+    # The history comes newest first (the store's `recent_history`): the newest are its head.
+    recent = list(history)[:HISTORY_SHOWN]
     keys = ("strategy_name", "verdict", "test_accuracy", "test_loss", "indicators", "symbols")
     rows = [json.dumps({k: entry.get(k) for k in keys}, default=str) for entry in recent]
-    return f"History (last {len(recent)} of {len(history)} designs):\n" + "\n".join(rows)
+    return (
+        f"History (the newest {len(recent)} of {len(history)} designs, newest first):\n"
+        + "\n".join(rows)
+    )

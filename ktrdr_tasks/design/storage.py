@@ -5,7 +5,9 @@ written to a temporary name and then hard-linked into place, which fails atomica
 name is taken (two workers designing at once cannot clobber each other, and a reader never
 sees half a file). The fingerprint is what makes two designs "the same" for the designer's
 history check: indicators with their resolved parameters, fuzzy sets, model, labels, symbols
-and timeframes, but not the name, description or feature_id spelling.
+and timeframes, but not the name, description or feature_id spelling. Files already in the
+directory are read with the chain's bounded reader; one that cannot be read (too big, too
+deep, an alias bomb, bad YAML) is skipped with a warning, so it never stops a design.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -23,13 +26,19 @@ import yaml
 
 from ktrdr_tasks.catalogue import find_indicator, resolve_params
 from ktrdr_tasks.errors import StrategyError, StrategyExistsError
+from ktrdr_tasks.strategy import read_strategy_file, selection_names, validate_strategy_name
+from ktrdr_tasks.strategy_v3 import essence_view
+
+logger = logging.getLogger(__name__)
 
 
 def save_strategy(strategies_dir: Path, config: Mapping[str, Any]) -> Path:
     """Write `config` to `<strategies_dir>/<name>.yaml` atomically, never replacing a file."""
     name = str(config.get("name", ""))
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise StrategyError(f"cannot save a strategy named {name!r}")
+    try:
+        validate_strategy_name(name)
+    except StrategyError as exc:
+        raise StrategyError(f"cannot save the strategy: {exc}") from None
     directory = Path(strategies_dir)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{name}.yaml"
@@ -112,15 +121,16 @@ def _file_fingerprint(path: Path) -> str | None:
     key = (str(path), stat.st_mtime_ns, stat.st_size)
     if key not in _FILE_CACHE:
         try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError, UnicodeDecodeError):
-            document = None
-        _FILE_CACHE[key] = design_fingerprint(document) if isinstance(document, dict) else None
+            _FILE_CACHE[key] = design_fingerprint(read_strategy_file(path))
+        except StrategyError as exc:
+            logger.warning("design: skipping an unreadable strategy file: %s", exc)
+            _FILE_CACHE[key] = None
     return _FILE_CACHE[key]
 
 
 def _essence(config: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a strategy that change what is trained, in a canonical shape."""
+    config = essence_view(config)  # a v3 document in v2's shape; v2 unchanged
     fuzzy = _mapping(config.get("fuzzy_sets"))
     indicators = []
     for item in config.get("indicators") or []:
@@ -157,21 +167,9 @@ def _essence(config: Mapping[str, Any]) -> dict[str, Any]:
             "zigzag_threshold": labels.get("zigzag_threshold"),
             "label_lookahead": labels.get("label_lookahead"),
         },
-        "symbols": sorted(_names(data.get("symbols"), "symbol", "symbols")),
-        "timeframes": sorted(_names(data.get("timeframes"), "timeframe", "timeframes")),
+        "symbols": sorted(selection_names(data.get("symbols"), "symbol")),
+        "timeframes": sorted(selection_names(data.get("timeframes"), "timeframe")),
     }
-
-
-def _names(section: Any, single_key: str, alias: str) -> list[str]:
-    # Reads every shape the loader accepts: {mode, symbol}, {mode, list|symbols}, a bare list.
-    if isinstance(section, list):
-        return [str(v) for v in section]
-    block = _mapping(section)
-    listed = block.get("list") or block.get(alias)
-    if isinstance(listed, list) and (block.get("mode") != "single" or not block.get(single_key)):
-        return [str(v) for v in listed]
-    single = block.get(single_key)
-    return [str(single)] if single else []
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ktrdr_tasks import workflow
+from ktrdr_tasks.errors import StrategyError
 from ktrdr_tasks.store import get_store
 from tests.integration.conftest import wait_for, wait_for_condition, write_strategy
 from tests.support.fake_training_api import POOR_RESULT, Behaviour, FakeTrainingApi
@@ -185,3 +186,18 @@ def test_designed_cycle_writes_a_strategy_and_completes(
     assert start[0]["start_date"] and start[0]["end_date"]
     history = workflow.history(limit=50)
     assert any(row["operation_id"] == record["operation_id"] for row in history)
+
+
+def test_a_hostile_file_in_the_directory_affects_no_other_cycle(
+    worker: Process, fake_api: FakeTrainingApi, strategies_dir: Path
+) -> None:
+    deep = strategies_dir / "it_hostile_deep.yaml"
+    deep.write_text("a: " + "[" * 600 + "]" * 600 + "\n")
+    try:
+        designed = wait_for(workflow.trigger().operation_id, {"completed", "failed"}, timeout=90)
+        assert designed["status"] == "completed", designed["error_message"]
+        # Asking for the file itself is refused in one line before anything is queued.
+        with pytest.raises(StrategyError, match="nests deeper than 50 levels"):
+            workflow.trigger(strategy="it_hostile_deep")
+    finally:
+        deep.unlink()

@@ -1,18 +1,25 @@
 """Flower against the real worker: a cycle's tasks are found through Flower's HTTP API, by
-name and by operation id, behind basic auth; and Flower refuses to be exposed without it."""
+name and by operation id, behind basic auth; and Flower refuses to be exposed without it.
+Celery's own doors tell the truth: a finished cycle's tasks are in terminal states, and a
+revoke of a task id (`celery control revoke`, `AsyncResult.revoke()`) cancels the cycle and
+its training on the host."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from ktrdr_tasks.stack import FLOWER_USER, Stack, free_port
+from ktrdr_tasks.steps import Step
+from tests.support.environment import restored_environment
 from tests.support.local_stack import local_stack
 from tests.support.processes import BIN, start, wait_until
 
@@ -31,7 +38,7 @@ CHAIN_HEAD = (
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with local_stack(tmp_path_factory.mktemp("flower-stack")) as started:
+    with restored_environment(), local_stack(tmp_path_factory.mktemp("flower-stack")) as started:
         yield started
 
 
@@ -129,3 +136,153 @@ def test_guarded_flower_beyond_loopback_starts_with_basic_auth(
     finally:
         flower.stop()
     assert "s3cret-pass" not in flower.log()
+
+
+# -- Celery's own doors -------------------------------------------------------------------
+
+
+def _use(stack: Stack) -> Any:
+    from ktrdr_tasks import workflow
+
+    workflow.use_environment(stack.env())
+    return workflow
+
+
+def _variant(stack: Stack, name: str, **training: object) -> str:
+    """A copy of the example strategy under `name` with other training settings."""
+    source = stack.strategies_dir / "eurusd_1h_rsi_macd_adx.yaml"
+    document = yaml.safe_load(source.read_text())
+    document["name"] = name
+    document["model"]["training"].update(training)
+    (stack.strategies_dir / f"{name}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    return name
+
+
+def _long_training(stack: Stack, name: str) -> str:
+    """Trains long enough to be revoked while training."""
+    return _variant(stack, name, epochs=400)
+
+
+def _training_on_host(stack: Stack, workflow: Any, operation_id: str) -> str:
+    def training() -> bool:
+        meta = workflow.status(operation_id)["metadata"]
+        return meta.get("training_status") == "running"
+
+    wait_until(training, 60, "the training to run on the host", interval=0.1)
+    return str(workflow.status(operation_id)["metadata"]["training_operation_id"])
+
+
+def _host_status(stack: Stack, training_id: str) -> str:
+    answer = httpx.get(f"{stack.api_url}/api/v1/operations/{training_id}", timeout=5)
+    return str(answer.json()["data"]["status"])
+
+
+def _cancelled_everywhere(stack: Stack, workflow: Any, op_id: str, training_id: str) -> dict:
+    revoked_at = time.monotonic()
+    wait_until(
+        lambda: workflow.status(op_id)["status"] == "cancelled", 20, "the cycle to be cancelled"
+    )
+    wait_until(
+        lambda: _host_status(stack, training_id) in ("cancelled", "failed"),
+        20,
+        "the training to be cancelled on the host",
+    )
+    print(f"{op_id}: cancelled everywhere {time.monotonic() - revoked_at:.1f} s after the revoke")
+    wait_until(
+        lambda: all(t["state"] != "STARTED" for t in flower_tasks(stack, op_id).values()),
+        15,
+        "no task of the cycle left STARTED in Flower",
+        interval=0.3,
+    )
+    return workflow.status(op_id)
+
+
+def test_every_step_of_a_completed_cycle_is_a_success_in_flower(stack: Stack) -> None:
+    workflow = _use(stack)
+    op_id = workflow.trigger(strategy=STRATEGY[1], bypass_gates=True).operation_id
+    wait_until(lambda: workflow.status(op_id)["status"] == "completed", 120, "the cycle")
+
+    steps = {step.task_name for step in Step}
+
+    def all_succeeded() -> bool:
+        states = {t["name"]: t["state"] for t in flower_tasks(stack, op_id).values()}
+        return steps <= set(states) and {states[name] for name in steps} == {"SUCCESS"}
+
+    wait_until(all_succeeded, 15, "every step SUCCESS in Flower", interval=0.3)
+
+
+def test_a_gate_rejected_cycle_shows_its_gate_task_failed_with_the_reason(stack: Stack) -> None:
+    # One epoch at a learning rate that moves nothing: the test loss stays near chance (about
+    # 1.1 for three classes), far above the gate's 0.8.
+    workflow = _use(stack)
+    name = _variant(stack, "untrained", epochs=1, learning_rate=1e-9)
+    op_id = workflow.trigger(strategy=name).operation_id
+    wait_until(lambda: workflow.status(op_id)["status"] == "failed", 120, "the gate to reject")
+    message = workflow.status(op_id)["error_message"]
+    assert message.startswith("Training gate failed")
+
+    def gate_failed() -> bool:
+        by_name = {t["name"]: t for t in flower_tasks(stack, op_id).values()}
+        gate = by_name.get("ktrdr.training_gate") or {}
+        return gate.get("state") == "FAILURE" and "Training gate failed" in str(
+            gate.get("exception")
+        )
+
+    wait_until(gate_failed, 15, "the gate task FAILURE in Flower", interval=0.3)
+    states = [t["state"] for t in flower_tasks(stack, op_id).values()]
+    assert "STARTED" not in states
+
+
+def test_flowers_revoke_endpoint_cancels_the_cycle_and_the_training(stack: Stack) -> None:
+    workflow = _use(stack)
+    op_id = workflow.trigger(strategy=_long_training(stack, "revoked_in_flower")).operation_id
+    training_id = _training_on_host(stack, workflow, op_id)
+    poll_task = workflow.status(op_id)["task_ids"][Step.POLL_TRAINING - 1]
+
+    answer = httpx.post(
+        f"{stack.flower_url}/api/task/revoke/{poll_task}",
+        auth=(FLOWER_USER, stack.flower_password),
+        timeout=10,
+    )
+
+    assert answer.status_code == 200, answer.text
+    final = _cancelled_everywhere(stack, workflow, op_id, training_id)
+    assert poll_task in final["error_message"]
+
+
+def test_celery_control_revoke_of_the_poll_cancels_the_cycle_and_the_training(
+    stack: Stack,
+) -> None:
+    workflow = _use(stack)
+    op_id = workflow.trigger(strategy=_long_training(stack, "revoked_by_cli")).operation_id
+    training_id = _training_on_host(stack, workflow, op_id)
+    poll_task = workflow.status(op_id)["task_ids"][Step.POLL_TRAINING - 1]
+
+    subprocess.run(
+        [str(BIN / "celery"), "-A", "ktrdr_tasks", "control", "revoke", poll_task],
+        env={**os.environ, **stack.env()},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+    final = _cancelled_everywhere(stack, workflow, op_id, training_id)
+    assert final["error_message"].startswith(f"revoked through Celery: task {poll_task}")
+
+
+def test_revoking_a_later_task_of_the_chain_cancels_the_cycle_at_the_next_poll(
+    stack: Stack,
+) -> None:
+    from celery.result import AsyncResult
+
+    from ktrdr_tasks.app import app
+
+    workflow = _use(stack)
+    op_id = workflow.trigger(strategy=_long_training(stack, "revoked_gate")).operation_id
+    training_id = _training_on_host(stack, workflow, op_id)
+    gate_task = workflow.status(op_id)["task_ids"][Step.TRAINING_GATE - 1]
+
+    AsyncResult(gate_task, app=app).revoke()
+
+    final = _cancelled_everywhere(stack, workflow, op_id, training_id)
+    assert gate_task in final["error_message"]

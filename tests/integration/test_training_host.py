@@ -18,7 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
+from ktrdr_tasks.strategy_schema import load_strategy_file
+from ktrdr_tasks.strategy_v3 import check_any_strategy
 from tests.support.processes import REPO, Process, free_port, start_training_host
 
 pytestmark = pytest.mark.integration
@@ -203,6 +204,35 @@ def test_invalid_strategy_is_400_with_a_detail_object(host: Host) -> None:
     assert "decisions" in errors
 
 
+def _alias_bomb(levels: int = 7) -> str:
+    """9 ** levels leaves in a few hundred bytes."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("it_bomb", _alias_bomb()),
+        ("it_deep", "a: " + "[" * 600 + "]" * 600 + "\n"),
+        ("it_huge", "noise:\n" + "- {a: 1, b: two}\n" * 600_000),
+    ],
+)
+def test_a_hostile_strategy_file_is_400_unreadable_and_the_host_stays_up(
+    host: Host, name: str, text: str
+) -> None:
+    (host.models.parent / "strategies" / f"{name}.yaml").write_text(text)
+    started = time.monotonic()
+    response = host.start(name)
+    assert time.monotonic() - started < 2
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert detail["error_code"] == "STRATEGY-Unreadable"
+    assert "limit for strategy files" in detail["details"]["errors"][0]
+    assert host.http.get("/health").status_code == 200
+
+
 def test_bad_body_is_422_in_ktrdrs_envelope(host: Host) -> None:
     response = host.http.post("/trainings/start", json={"strategy_name": BASE, "symbols": []})
     assert response.status_code == 422
@@ -259,7 +289,7 @@ def test_list_filters_and_counts(host: Host) -> None:
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_every_example_strategy_trains_to_completion(host: Host, name: str) -> None:
-    config = check_strategy(load_strategy_file(REPO / "strategies" / f"{name}.yaml"), name)
+    config = check_any_strategy(load_strategy_file(REPO / "strategies" / f"{name}.yaml"), name)
     operation_id = host.started(
         name,
         symbols=config.symbols,
@@ -271,6 +301,7 @@ def test_every_example_strategy_trains_to_completion(host: Host, name: str) -> N
     assert info["status"] == "completed", info["error_message"]
     test = info["result_summary"]["test_metrics"]
     print(f"{name}: test_accuracy={test['test_accuracy']:.3f} test_loss={test['test_loss']:.3f}")
+    v3_files = {"metadata_v3.json"} if config.format == "v3" else set()
     assert {path.name for path in Path(info["result_summary"]["model_path"]).iterdir()} == (
-        MODEL_FILES
+        MODEL_FILES | v3_files
     )

@@ -3,6 +3,11 @@
 Used where a test must control the remote side exactly: a job that fails, never ends, is
 lost, or a service that refuses connections for a while. It records every request so tests
 assert on what the service received (one start per cycle, a DELETE, no poll after it).
+
+`Era` switches on what a real backend of one era does beyond the contract: today's ktrdr
+(April 2026) answers 503 while its worker is busy, reads `pending` first with null dates and a
+malformed, growing `metrics` list; the December 2025 one ignores `task_id`. Faults a test can
+ask for: drop the connection after a start was accepted, drip every answer byte by byte.
 """
 
 from __future__ import annotations
@@ -48,6 +53,36 @@ class Behaviour:
 
 
 @dataclass
+class Era:
+    """Behaviours of a real backend beyond the contract; the defaults are the contract's."""
+
+    honours_task_id: bool = True
+    task_id_is_operation_id: bool = False  # today's ktrdr: found under it by GET
+    busy_until: float = 0.0  # time.monotonic() until which a start answers 503
+    pending_polls: int = 0  # the first polls of a job read `pending`, dates null
+    metrics_list_bytes_per_poll: int = 0  # today's malformed `metrics` list, growing
+    drop_start_answers: int = 0  # accept this many starts, then drop the connection
+    drip_interval_s: float = 0.0  # send every answer one byte at a time, this far apart
+
+
+def todays_ktrdr(**changes: Any) -> Era:
+    """ktrdr at 2c5c7173 (April 2026): pending first, null dates, a metrics list."""
+    defaults = {"task_id_is_operation_id": True, "pending_polls": 1}
+    return Era(**{**defaults, "metrics_list_bytes_per_poll": 2048, **changes})
+
+
+def december_ktrdr(**changes: Any) -> Era:
+    """ktrdr of December 2025: `task_id` is ignored, so no job can be found by it."""
+    return Era(**{"honours_task_id": False, **changes})
+
+
+BUSY_DETAIL = {
+    "error": "No training workers available",
+    "hint": "All training workers are busy; retry shortly",
+}
+
+
+@dataclass
 class Job:
     operation_id: str
     strategy_name: str
@@ -71,6 +106,7 @@ class FakeTrainingApi:
         self.jobs: dict[str, Job] = {}
         self.by_task_id: dict[str, str] = {}
         self.requests: list[Request] = []
+        self.era = Era()
         self.lock = threading.Lock()
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
@@ -121,10 +157,17 @@ class FakeTrainingApi:
     # -- the contract -------------------------------------------------------------------
 
     def handle(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        """(status, answer); status 0 means: drop the connection without answering."""
         with self.lock:
             self.requests.append(Request(time.time(), method, path, body))
             if method == "POST" and path == "/api/v1/trainings/start":
-                return self._start(body)
+                if time.monotonic() < self.era.busy_until:
+                    return 503, {"detail": BUSY_DETAIL}
+                status, answer = self._start(body)
+                if status == 200 and self.era.drop_start_answers > 0:
+                    self.era.drop_start_answers -= 1
+                    return 0, None
+                return status, answer
             if path.startswith("/api/v1/operations/"):
                 op_id = path.rsplit("/", 1)[-1]
                 job = self.jobs.get(op_id)
@@ -146,10 +189,15 @@ class FakeTrainingApi:
             return 422, {"success": False, "error": {"code": "VALIDATION", "message": "bad body"}}
         name = body["strategy_name"]
         task_id = body.get("task_id")
+        if not self.era.honours_task_id:
+            task_id = None
         if task_id and task_id in self.by_task_id:
             op_id = self.by_task_id[task_id]
         else:
+            # Today's ktrdr makes the task_id the operation id; older ones make their own.
             op_id = f"op_training_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"
+            if task_id and self.era.task_id_is_operation_id:
+                op_id = task_id
             behaviour = self.behaviours.get(name, self.default)
             self.jobs[op_id] = Job(op_id, name, behaviour)
             if task_id:
@@ -165,6 +213,19 @@ class FakeTrainingApi:
         }
 
     def _poll(self, job: Job) -> dict[str, Any]:
+        if job.status == "running" and job.polls < self.era.pending_polls:
+            job.polls += 1
+            return {
+                "operation_id": job.operation_id,
+                "operation_type": "training",
+                "status": "pending",
+                "started_at": None,
+                "metadata": {"start_date": None},
+                "progress": {"percentage": 0.0, "current_step": None, "context": {}},
+                "metrics": [],
+                "error_message": None,
+                "result_summary": None,
+            }
         if job.status == "running":
             job.polls += 1
             behaviour = job.behaviour
@@ -192,6 +253,12 @@ class FakeTrainingApi:
             "error_message": None,
             "result_summary": None,
         }
+        if self.era.metrics_list_bytes_per_poll:
+            # Today's ktrdr: a list of loose entries that grows on every poll, never a mapping.
+            entry = {"name": "training_progress", "value": "x" * 200, "tags": {"epoch": epoch}}
+            per_poll = max(1, self.era.metrics_list_bytes_per_poll // 250)
+            data["metrics"] = [entry] * (per_poll * job.polls)
+            data["started_at"], data["metadata"] = None, {"start_date": None}
         if job.status == "completed":
             data["result_summary"] = job.behaviour.result
         if job.status == "failed":
@@ -229,12 +296,31 @@ def _handler_for(api: FakeTrainingApi) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 body = None
             status, answer = api.handle(method, self.path, body)
+            if status == 0:  # accepted, but the answer is lost on the way
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
             payload = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            head = (
+                f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n"
+            ).encode()
+            drip = api.era.drip_interval_s
+            if not drip:
+                self.wfile.write(head + payload)
+                return
+            self.close_connection = True
+            deadline = time.monotonic() + 60  # bounded: a dripping answer ends within a minute
+            for index in range(len(head + payload)):
+                if time.monotonic() > deadline:
+                    return
+                try:
+                    self.wfile.write((head + payload)[index : index + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
+                time.sleep(drip)
 
         def do_GET(self) -> None:
             self._serve("GET")

@@ -1,15 +1,14 @@
 """Real processes for integration tests: redis-server, Celery workers, the training host.
 
-Each helper starts a process in its own session (so a kill reaches its children), waits until
-it is ready, and stops it on exit. Logs go to files the tests can show when something fails.
+Each helper starts a process through the project's one supervisor module
+(`ktrdr_tasks.supervisor`: its own session, so a kill reaches its children; one log file the
+tests can show when something fails), waits until it is ready, and stops it on exit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -20,69 +19,22 @@ import httpx
 import redis
 
 from ktrdr_tasks.stack import free_port, redis_server_binary
+from ktrdr_tasks.supervisor import Child, spawn, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
+# A started process: `log()`, `kill(sig)`, `stop()`, `popen`, `tree()`.
+Process = Child
 
-def wait_until(check: object, timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except Exception as exc:  # the process is still starting
-            last_error = exc
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not ready after {timeout} s (last error: {last_error})")
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        # Children of a killed leader (pool processes) go with the group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
+__all__ = ["BIN", "REPO", "Process", "free_port", "start", "wait_until"]
 
 
 def start(
     name: str, argv: list[str], log_dir: Path, env: Mapping[str, str] | None = None
 ) -> Process:
-    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}-{int(time.time() * 1000)}.log"
-    handle = log_path.open("wb")
-    popen = subprocess.Popen(
-        argv,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-        cwd=REPO,
-        start_new_session=True,
-    )
-    handle.close()
-    return Process(name, popen, log_path)
+    return spawn(name, argv, log_path, {**os.environ, **(env or {})}, REPO)
 
 
 @dataclass
@@ -103,6 +55,10 @@ class RedisServer:
     def restart(self) -> None:
         self.process.stop()
         self.process = _launch_redis(self.port, self.data_dir, self.password)
+
+    def restart_after_kill(self) -> Process:
+        """A new redis-server on the same port and AOF (after the old one was killed)."""
+        return _launch_redis(self.port, self.data_dir, self.password)
 
 
 def _launch_redis(port: int, data_dir: Path, password: str | None) -> Process:

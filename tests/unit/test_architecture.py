@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ktrdr_tasks"
-PURE = ("ktrdr_tasks.progress", "ktrdr_tasks.gates", "ktrdr_tasks.steps", "ktrdr_tasks.models")
+PURE = (
+    "ktrdr_tasks.progress",
+    "ktrdr_tasks.gates",
+    "ktrdr_tasks.steps",
+    "ktrdr_tasks.models",
+    "ktrdr_tasks.operation_answer",
+)
 IO_MODULES = ("ktrdr_tasks.store", "ktrdr_tasks.training_api", "httpx", "celery", "redis")
 
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from ktrdr_tasks.cli import main
 from ktrdr_tasks.cli.strategy import strategy
 from ktrdr_tasks.settings import get_settings
 
@@ -35,7 +36,16 @@ def test_design_json_prints_one_object_and_saves_the_file(strategies_dir):
     result = run("design", "--seed", "4", "--json")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"name", "path", "fingerprint", "hypothesis", "designer"}
+    assert set(payload) == {
+        "name",
+        "path",
+        "fingerprint",
+        "hypothesis",
+        "designer",
+        "seed",
+        "candidate",
+        "skipped",
+    }
     assert payload["designer"] == "builtin"
     assert Path(payload["path"]) == strategies_dir / f"{payload['name']}.yaml"
     assert Path(payload["path"]).exists()
@@ -104,3 +114,41 @@ def test_validate_bad_yaml_exits_2(strategies_dir, tmp_path):
     result = run("validate", str(path))
     assert result.exit_code == 2
     assert "not valid YAML" in result.output
+
+
+def test_design_json_says_which_candidate_of_the_seed_was_chosen_and_why(strategies_dir):
+    first = json.loads(run("design", "--seed", "7", "--json").stdout)
+    assert (first["seed"], first["candidate"], first["skipped"]) == (7, 1, [])
+    second = json.loads(run("design", "--seed", "7", "--json").stdout)
+    assert (second["seed"], second["candidate"]) == (7, 2)
+    assert second["skipped"] == [{"candidate": 1, "name": first["name"], "reason": "known_design"}]
+
+
+def test_design_text_names_the_seed_and_candidate(strategies_dir):
+    run("design", "--seed", "7")
+    result = run("design", "--seed", "7")
+    assert "seed 7, candidate 2 of its sequence (1 skipped: 1 already designed)" in result.output
+
+
+def test_design_beside_a_hostile_file_designs_and_never_prints_a_traceback(strategies_dir, capsys):
+    strategies_dir.mkdir(parents=True)
+    (strategies_dir / "deep.yaml").write_text("a: " + "[" * 600 + "]" * 600 + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["strategy", "design", "--seed", "7", "--json"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0
+    assert json.loads(captured.out)["candidate"] == 1
+    assert "Traceback" not in captured.err
+
+
+def test_validate_of_a_deep_file_via_the_entry_point_is_one_line(strategies_dir, tmp_path, capsys):
+    path = tmp_path / "deep.yaml"
+    path.write_text("a: " + "[" * 600 + "]" * 600 + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["strategy", "validate", str(path)])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert captured.out.strip() == f"strategy file {path} nests deeper than 50 levels " + (
+        "(limit for strategy files; line 1)"
+    )
+    assert "Traceback" not in captured.err

@@ -12,7 +12,7 @@ import fakeredis
 import httpx
 import pytest
 
-from ktrdr_tasks import cycle, tasks
+from ktrdr_tasks import cycle, runner, workflow
 from ktrdr_tasks.cycle import Ended, Fail, Reschedule, Services
 from ktrdr_tasks.models import OperationStatus, Phase
 from ktrdr_tasks.settings import Settings
@@ -173,7 +173,7 @@ def test_cancel_during_the_start_cancels_the_new_job_at_once(
     cycle_ready_to_start(store)
     cancel_during_the_post(store, remote, api_goes_down=False)
 
-    outcome = tasks.run_step(Step.START_TRAINING, CYCLE_ID, services, "task-1")
+    outcome = runner.run_step(Step.START_TRAINING, CYCLE_ID, services, "task-1")
 
     assert isinstance(outcome, Ended)
     assert remote.deletes == [TRAINING_ID] and remote.queued_cancels == []
@@ -188,7 +188,7 @@ def test_start_refused_for_a_bad_strategy_fails_the_cycle_with_the_services_word
         400, json={"detail": f"Strategy file not found: {STRATEGY}.yaml"}
     )
 
-    outcome = tasks.run_step(Step.START_TRAINING, CYCLE_ID, services, "task-1")
+    outcome = runner.run_step(Step.START_TRAINING, CYCLE_ID, services, "task-1")
 
     assert isinstance(outcome, Fail)
     record = store.get(CYCLE_ID)
@@ -236,7 +236,7 @@ def test_job_failed_remotely_fails_the_cycle_with_its_message_and_no_cancel(
     polling(store)
     answer_poll(remote, "failed", error_message="No data found in cache for GBPUSD 1h")
 
-    outcome = tasks.run_step(Step.POLL_TRAINING, CYCLE_ID, services, "task-1")
+    outcome = runner.run_step(Step.POLL_TRAINING, CYCLE_ID, services, "task-1")
 
     assert isinstance(outcome, Fail)
     record = store.get(CYCLE_ID)
@@ -253,7 +253,7 @@ def test_job_the_service_forgot_fails_the_cycle_saying_so(
         404, json={"detail": f"Operation not found: {TRAINING_ID}"}
     )
 
-    tasks.run_step(Step.POLL_TRAINING, CYCLE_ID, services, "task-1")
+    runner.run_step(Step.POLL_TRAINING, CYCLE_ID, services, "task-1")
 
     record = store.get(CYCLE_ID)
     assert record.status is OperationStatus.FAILED
@@ -267,7 +267,7 @@ def test_training_past_its_deadline_is_cancelled_and_the_cycle_fails(
     polling(store, training_deadline_ts=time.time() - 1)
     answer_poll(remote, "running")
 
-    tasks.run_step(Step.POLL_TRAINING, CYCLE_ID, services, "task-1")
+    runner.run_step(Step.POLL_TRAINING, CYCLE_ID, services, "task-1")
 
     record = store.get(CYCLE_ID)
     assert record.status is OperationStatus.FAILED
@@ -282,7 +282,7 @@ def test_completed_without_a_result_is_read_again_then_fails_without_judging(
     answer_poll(remote, "completed", result_summary=None)
 
     outcomes = [
-        tasks.run_step(Step.POLL_TRAINING, CYCLE_ID, services, "task-1")
+        runner.run_step(Step.POLL_TRAINING, CYCLE_ID, services, "task-1")
         for _ in range(cycle.EMPTY_RESULT_READS)
     ]
 
@@ -300,7 +300,7 @@ def test_poll_after_a_resume_gave_the_cycle_to_another_poll_stops(
     polling(store, poll_task_id="the-resumed-poll")
     answer_poll(remote, "running")
 
-    outcome = tasks.run_step(Step.POLL_TRAINING, CYCLE_ID, services, "the-old-poll")
+    outcome = runner.run_step(Step.POLL_TRAINING, CYCLE_ID, services, "the-old-poll")
 
     assert isinstance(outcome, Ended)
     assert [r for r in remote.requests if r.method == "GET"] == []
@@ -338,7 +338,7 @@ def test_gate_failing_fails_the_cycle_with_its_reasons(
 ) -> None:
     gate_cycle(store, POOR_RESULT)
 
-    outcome = tasks.run_step(Step.TRAINING_GATE, CYCLE_ID, services, "task-1")
+    outcome = runner.run_step(Step.TRAINING_GATE, CYCLE_ID, services, "task-1")
 
     assert isinstance(outcome, Fail)
     record = store.get(CYCLE_ID)
@@ -363,7 +363,7 @@ def test_every_step_in_table_order_takes_a_cycle_from_queued_to_completed(
     seen: list[float] = []
 
     for step in Step:
-        outcome = tasks.run_step(step, CYCLE_ID, services, f"task-{step.name}")
+        outcome = runner.run_step(step, CYCLE_ID, services, f"task-{step.name}")
         assert isinstance(outcome, dict), (step, outcome)
         record = store.get(CYCLE_ID)
         assert record.phase is (Phase.DONE if step is Step.ASSESS else step.phase)
@@ -375,3 +375,65 @@ def test_every_step_in_table_order_takes_a_cycle_from_queued_to_completed(
     assert record.result_summary["gate"] == "passed"
     assert record.result_summary["backtest"].startswith("stub")
     assert len(posts(remote)) == 1
+
+
+# -- a chain a backend enqueued itself --------------------------------------------------------
+
+
+def first_task_of(chain: object) -> tuple[str, dict]:
+    head = chain.tasks[0]  # type: ignore[attr-defined]
+    return head.args[0], head.kwargs["new_cycle"]
+
+
+def test_backends_chain_creates_its_cycle_in_its_first_task(
+    store: Store, services: Services
+) -> None:
+    built = workflow.research_chain(strategy=STRATEGY, bypass_gates=True)
+    op_id, new_cycle = first_task_of(built)
+    assert op_id == built.operation_id and store.find(op_id) is None
+
+    outcome = runner.run_step(Step.DESIGN, op_id, services, "task-1", new_cycle=new_cycle)
+
+    assert outcome == {"strategy_name": STRATEGY}
+    record = store.get(op_id)
+    assert record.status is OperationStatus.RUNNING and record.metadata["bypass_gates"] is True
+    assert record.task_ids == [task.id for task in built.tasks]
+    assert store.active_ids() == [op_id]
+
+
+def test_backends_chain_over_the_limit_is_recorded_refused_never_dropped(
+    store: Store, remote: Remote, settings: Settings
+) -> None:
+    make_cycle(store, step=Step.POLL_TRAINING, training_id=TRAINING_ID)
+    at_limit_one = remote.services(store, settings.model_copy(update={"max_active_cycles": 1}))
+    op_id, new_cycle = first_task_of(workflow.research_chain(strategy=STRATEGY))
+
+    outcome = runner.run_step(Step.DESIGN, op_id, at_limit_one, "task-1", new_cycle=new_cycle)
+
+    assert isinstance(outcome, Ended) and not outcome.superseded
+    refused = store.get(op_id)
+    assert refused.status is OperationStatus.FAILED
+    assert (
+        refused.error_message == f"Refused (active_cycle_exists): Active cycle exists: {CYCLE_ID}"
+    )
+    assert refused.metadata["refused"]["operation_id"] == CYCLE_ID
+    assert store.active_ids() == [CYCLE_ID]
+    assert [op.operation_id for op in store.list_operations(10)] == [op_id, CYCLE_ID]
+
+
+def test_backends_chain_redelivered_after_creating_its_cycle_goes_on(
+    store: Store, remote: Remote, settings: Settings
+) -> None:
+    at_limit_one = remote.services(store, settings.model_copy(update={"max_active_cycles": 1}))
+    op_id, new_cycle = first_task_of(workflow.research_chain(strategy=STRATEGY))
+    runner.run_step(Step.DESIGN, op_id, at_limit_one, "task-1", new_cycle=new_cycle)
+
+    again = runner.run_step(Step.DESIGN, op_id, at_limit_one, "task-1", new_cycle=new_cycle)
+
+    assert again == {"strategy_name": STRATEGY}  # its own record is no other active cycle
+    assert store.get(op_id).status is OperationStatus.RUNNING
+
+
+def test_research_chain_takes_keywords_only() -> None:
+    with pytest.raises(TypeError):
+        workflow.research_chain(CYCLE_ID)  # type: ignore[misc]

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from ktrdr_tasks.flower_guard import guard_flower
 from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.stack import guard_flower
 from training_host.settings import HostSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -238,3 +239,64 @@ def test_procfile_keeps_redis_and_flower_on_loopback() -> None:
     flower_args = shlex.split(entries["flower"])[5:]
     guard_flower(flower_args, {})  # loopback: allowed without credentials
     assert "--address=127.0.0.1" in flower_args
+
+
+_DEFAULTED = re.compile(r"(KTRDR_\w+_DIR)=\$\{\1:-([^}]+)\}")
+
+
+def procfile_data_paths() -> dict[str, str]:
+    """Every path the Procfile's processes write: Redis's dir, beat's schedule, the
+    strategies and models directories (their defaults) of the worker and the trainer."""
+    entries = procfile()
+    paths = {
+        "redis": shlex.split(entries["redis"].split("exec ", 1)[1]),
+        "beat": shlex.split(entries["beat"].split("exec ", 1)[1]),
+    }
+    found = {
+        "redis --dir": paths["redis"][paths["redis"].index("--dir") + 1],
+        "beat --schedule": paths["beat"][paths["beat"].index("--schedule") + 1],
+    }
+    for name in ("worker", "trainer"):
+        for variable, default in _DEFAULTED.findall(entries[name]):
+            found[f"{name} {variable}"] = default
+    return found
+
+
+def test_procfile_keeps_its_data_in_its_own_git_ignored_directory() -> None:
+    """honcho's data never lands in the tracked ./strategies/ (designed strategies broke
+    `make test`) nor in `ktrdr demo`'s ./.ktrdr/ (two redis-servers, one AOF)."""
+    from ktrdr_tasks.cli.demo import demo
+
+    paths = procfile_data_paths()
+    assert set(paths) == {
+        "redis --dir",
+        "beat --schedule",
+        "worker KTRDR_STRATEGIES_DIR",
+        "worker KTRDR_MODELS_DIR",
+        "trainer KTRDR_STRATEGIES_DIR",
+        "trainer KTRDR_MODELS_DIR",
+    }
+    roots = {Path(path).parts[0] for path in paths.values()}
+    assert roots == {".procfile"}
+    demo_data_dir = next(p.default for p in demo.params if p.name == "data_dir")
+    assert Path(demo_data_dir).parts[0] not in roots
+    for path in paths.values():
+        ignored = subprocess.run(
+            ["git", "check-ignore", "--no-index", "-q", f"{path}/some-file"], cwd=REPO
+        )
+        assert ignored.returncode == 0, f"{path} is not ignored by git"
+    # The worker designs where the trainer reads, and starts with the examples there.
+    assert paths["worker KTRDR_STRATEGIES_DIR"] == paths["trainer KTRDR_STRATEGIES_DIR"]
+    assert paths["worker KTRDR_MODELS_DIR"] == paths["trainer KTRDR_MODELS_DIR"]
+    assert (
+        f"cp -n strategies/*.yaml {paths['worker KTRDR_STRATEGIES_DIR']}/" in procfile()["worker"]
+    )
+    # ... and its redis-server starts only where no other one keeps its data.
+    redis_dir = paths["redis --dir"]
+    assert f"python -m ktrdr_tasks.stack redis-dir-free {redis_dir} && exec" in procfile()["redis"]
+
+
+def test_procfile_and_image_install_nothing_the_dockerignore_drops() -> None:
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert ".procfile" in ignored
+    assert "constraints.txt" in (REPO / "Dockerfile").read_text()

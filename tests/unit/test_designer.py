@@ -10,7 +10,12 @@ import yaml
 
 from ktrdr_tasks.catalogue import find_indicator
 from ktrdr_tasks.datasets import REFERENCE_DATASETS, available_datasets
-from ktrdr_tasks.design import design_fingerprint, design_strategy, summarize_design
+from ktrdr_tasks.design import (
+    SkippedCandidate,
+    design_fingerprint,
+    design_strategy,
+    summarize_design,
+)
 from ktrdr_tasks.design.builtin import compose, place_sets
 from ktrdr_tasks.design.storage import StrategyExistsError, save_strategy
 from ktrdr_tasks.errors import StrategyError
@@ -21,7 +26,9 @@ DATASETS = list(REFERENCE_DATASETS)
 
 
 def settings_for(tmp_path: Path, **overrides: object) -> Settings:
-    return Settings(strategies_dir=tmp_path / "strategies", **overrides)  # type: ignore[arg-type]
+    # These tests read the v2 shape; test_strategy_v3.py covers the v3 designs.
+    options: dict[str, object] = {"strategy_format": "v2", **overrides}
+    return Settings(strategies_dir=tmp_path / "strategies", **options)  # type: ignore[arg-type]
 
 
 def membership(mf_type: str, params: list[float], x: float) -> float:
@@ -145,6 +152,35 @@ def test_same_seed_gives_the_same_design(tmp_path):
     second = design_strategy(settings_for(tmp_path / "b"), [], seed=42)
     assert first.config == second.config
     assert first.path.read_text() == second.path.read_text()
+
+
+def test_same_seed_gives_the_same_design_beside_other_strategies(tmp_path):
+    crowded = settings_for(tmp_path / "crowded")
+    crowded.strategies_dir.mkdir(parents=True)
+    for example in Path(__file__).resolve().parents[2].joinpath("strategies").glob("*.yaml"):
+        (crowded.strategies_dir / example.name).write_text(example.read_text())
+    alone = design_strategy(settings_for(tmp_path / "alone"), [], seed=7)
+    beside = design_strategy(crowded, [], seed=7)
+    assert beside.config == alone.config
+    assert (beside.seed, beside.candidate, beside.skipped) == (7, 1, ())
+
+
+def test_a_seed_whose_candidate_exists_says_which_it_chose_and_why(tmp_path):
+    settings = settings_for(tmp_path)
+    first = design_strategy(settings, [], seed=7)
+    second = design_strategy(settings, [], seed=7)
+    assert (second.seed, second.candidate) == (7, 2)
+    assert second.skipped == (SkippedCandidate(1, first.name, "known_design"),)
+    # The choice is reproducible: candidate 2 of seed 7 is the same design anywhere.
+    elsewhere = settings_for(tmp_path / "elsewhere")
+    history = [{"fingerprint": first.fingerprint}]
+    assert design_strategy(elsewhere, history, seed=7).config == second.config
+
+
+def test_a_drawn_seed_is_reported_and_reproduces_the_design(tmp_path):
+    drawn = design_strategy(settings_for(tmp_path / "a"), [])
+    assert isinstance(drawn.seed, int) and drawn.candidate == 1
+    assert design_strategy(settings_for(tmp_path / "b"), [], seed=drawn.seed).config == drawn.config
 
 
 def test_different_seeds_give_different_designs(tmp_path):

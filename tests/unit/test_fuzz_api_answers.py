@@ -3,7 +3,7 @@
 Whatever the service answers (odd statuses, missing fields, wrong types, non-JSON, huge
 bodies, error codes), a task run ends in one of three ways: it reschedules (Celery `Retry`:
 the job is still running or the error is transient), it returns (a verdict the next step
-reads), or it stops (`Ignore`) with the cycle in a final status and a message a person can
+reads), or it stops (`CycleOver`) with the cycle in a final status and a message a person can
 read. Nothing else escapes a task, and no cycle is left `running` by a run that stopped.
 """
 
@@ -16,13 +16,14 @@ from typing import Any
 import fakeredis
 import httpx
 import pytest
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Retry
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from ktrdr_tasks import tasks
 from ktrdr_tasks.cycle import Step
+from ktrdr_tasks.errors import CycleOver
 from ktrdr_tasks.models import Operation, OperationStatus, Phase, iso, utc_now
 from ktrdr_tasks.settings import Settings
 from ktrdr_tasks.store import Store
@@ -146,7 +147,7 @@ class Harness:
                 task.run(OP_ID)
             except Retry:
                 continue
-            except Ignore:
+            except CycleOver:
                 return "stopped"
             return "returned"
         return "rescheduling"

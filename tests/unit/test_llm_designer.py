@@ -14,10 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
+from ktrdr_tasks.datasets import REFERENCE_DATASETS
 from ktrdr_tasks.design import design_strategy
+from ktrdr_tasks.design.llm import build_prompt, tool_definition
 from ktrdr_tasks.errors import DesignError
 from ktrdr_tasks.settings import Settings
-from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
+from ktrdr_tasks.strategy_schema import load_strategy_file
+from ktrdr_tasks.strategy_v3 import REQUIRED_V3, StrategyConfigV3, check_any_strategy, is_v3
 
 STRATEGIES = Path(__file__).resolve().parents[2] / "strategies"
 API_KEY = "sk-test-secret-key-123"
@@ -76,6 +79,7 @@ def settings(tmp_path: Path, base_url: str, **overrides: Any) -> Settings:
         "anthropic_api_key": API_KEY,
         "anthropic_base_url": base_url,
         "anthropic_timeout_s": 5.0,
+        "strategy_format": "v2",  # the v2 answers below; the v3 tests ask for v3
     }
     values.update(overrides)
     return Settings(**values)
@@ -116,7 +120,7 @@ def test_a_valid_tool_call_is_validated_and_saved(tmp_path, api):
     result = design_strategy(settings(tmp_path, url), [{"strategy_name": "old"}])
     assert result.designer == "anthropic"
     assert result.path == tmp_path / "strategies" / "llm_stoch_cci_roc.yaml"
-    assert check_strategy(load_strategy_file(result.path)).name == "llm_stoch_cci_roc"
+    assert check_any_strategy(load_strategy_file(result.path)).name == "llm_stoch_cci_roc"
     assert result.hypothesis == good_strategy()["description"]
     (request,) = fake.requests
     assert request["tool_choice"] == {"type": "tool", "name": "save_strategy"}
@@ -205,3 +209,51 @@ def test_a_design_already_in_history_is_sent_back_for_correction(tmp_path, api):
     fake.replies = [tool_call(good_strategy()), tool_call(good_strategy())]
     with pytest.raises(DesignError, match="repeats one already tried"):
         design_strategy(settings(tmp_path / "b", url), [{"fingerprint": first.fingerprint}])
+
+
+def good_v3_strategy() -> dict[str, Any]:
+    document = load_strategy_file(STRATEGIES / "eurusd_1h_stoch_cci_roc_v3.yaml")
+    document["name"] = "llm_v3_stoch_cci_roc"
+    return document
+
+
+def test_a_v3_design_is_asked_for_validated_and_saved(tmp_path, api):
+    fake, url = api
+    fake.replies = [tool_call(good_v3_strategy())]
+    result = design_strategy(settings(tmp_path, url, strategy_format="v3"), [])
+    document = load_strategy_file(result.path)
+    assert is_v3(document)
+    assert isinstance(check_any_strategy(document, stem=result.path.stem), StrategyConfigV3)
+    (request,) = fake.requests
+    schema = request["tools"][0]["input_schema"]
+    assert set(REQUIRED_V3) <= set(schema["required"])
+    assert schema["properties"]["indicators"]["type"] == "object"
+    assert schema["properties"]["nn_inputs"]["type"] == "array"
+    prompt = request["messages"][0]["content"]
+    assert "ktrdr v3 strategy" in prompt and "nn_inputs" in prompt
+    assert "bollingerbandwidth" in prompt and "outputs line, signal, histogram" in prompt
+    assert "Epochs go HERE" in prompt
+
+
+def test_a_v2_answer_to_a_v3_request_is_sent_back(tmp_path, api):
+    fake, url = api
+    fake.replies = [tool_call(good_strategy(), "toolu_v2"), tool_call(good_v3_strategy())]
+    result = design_strategy(settings(tmp_path, url, strategy_format="v3"), [])
+    assert is_v3(load_strategy_file(result.path))
+    (block,) = fake.requests[1]["messages"][2]["content"]
+    assert block["is_error"] is True and "write ktrdr v3" in block["content"]
+
+
+def test_the_prompt_shows_the_newest_twenty_of_a_newest_first_history():
+    history = [{"strategy_name": f"cycle_{n:02d}"} for n in range(50, 0, -1)]  # newest first
+    prompt = build_prompt(list(REFERENCE_DATASETS), history, "v3")
+    shown = [n for n in range(1, 51) if f'"cycle_{n:02d}"' in prompt]
+    assert shown == list(range(31, 51))
+    assert "newest 20 of 50 designs, newest first" in prompt
+    assert prompt.index("cycle_50") < prompt.index("cycle_31")
+
+
+def test_the_v2_tool_keeps_the_v2_shape():
+    schema = tool_definition("v2")["input_schema"]
+    assert schema["properties"]["indicators"]["type"] == "array"
+    assert "nn_inputs" not in schema["properties"]

@@ -1,16 +1,24 @@
 """Untrusted input and secrets: strategy names stay inside the strategies directory (symlinks
 included), YAML never constructs objects, Redis passwords never leak into messages, TLS URLs
-configure verified TLS, and the training host refuses oversized bodies."""
+configure verified TLS, the training host refuses oversized bodies and holds no slow request
+forever, and no module named `celeryconfig` on a host's path replaces the app's settings."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -19,6 +27,7 @@ from ktrdr_tasks.settings import Settings
 from ktrdr_tasks.store import Store
 from ktrdr_tasks.strategy import load_strategy_config, strategy_path, validate_strategy_name
 from tests.support.processes import REPO, free_port
+from training_host.settings import HostSettings
 
 VALID = "strategy: {}\ntraining_data: {symbols: [EURUSD], timeframes: [1h]}\n"
 
@@ -116,15 +125,16 @@ def test_yaml_never_constructs_objects(document: str, strategies: Path, tmp_path
     assert not marker.exists()
 
 
-def test_yaml_alias_bomb_is_parsed_without_blowing_up(strategies: Path) -> None:
+def test_yaml_alias_bomb_is_refused_without_blowing_up(strategies: Path) -> None:
     lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
     for i in range(1, 9):
         refs = ", ".join([f"*a{i - 1}"] * 9)
         lines.append(f"a{i}: &a{i} [{refs}]")
     lines.append("training_data: {symbols: *a8, timeframes: [1h]}")
     (strategies / "bomb.yaml").write_text("\n".join(lines))
-    # Aliases are shared references, not copies: loading stays small and fast.
-    assert isinstance(load_strategy_config("bomb", strategies), dict)
+    # Shared references in memory, but 9^9 leaves to anyone who serialises or walks them.
+    with pytest.raises(StrategyError, match=r"bomb\.yaml expands to more than"):
+        load_strategy_config("bomb", strategies)
 
 
 # -- secrets ---------------------------------------------------------------------------------
@@ -152,7 +162,7 @@ def test_unreachable_redis_error_names_the_url_without_the_password() -> None:
 def _celeryconfig(env: dict[str, str]) -> dict:
     """celeryconfig as a fresh process sees it (it reads the settings at import)."""
     code = (
-        "import json, celeryconfig as c;"
+        "import json, ktrdr_tasks.celeryconfig as c;"
         "print(json.dumps({'url': c.broker_url, 'ssl': getattr(c, 'broker_use_ssl', None)}))"
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KTRDR_", "REDIS_URL"))}
@@ -230,3 +240,162 @@ def test_host_refuses_a_chunked_body_over_the_limit_with_413() -> None:
     chunked = client.post("/x", content=chunks(4096))  # no Content-Length
     assert chunked.status_code == 413
     assert "KTRDR_HOST_MAX_BODY_BYTES" in chunked.json()["detail"]
+
+
+# -- the app's configuration is the package's own -----------------------------------------------
+
+
+def test_a_host_module_named_celeryconfig_does_not_replace_ktrdr_settings(tmp_path: Path) -> None:
+    """A backend with its own `celeryconfig.py` first on sys.path (and as its working
+    directory) imports ktrdr's app: the broker, acks and visibility timeout stay ktrdr's."""
+    (tmp_path / "celeryconfig.py").write_text(
+        "broker_url = 'redis://127.0.0.1:1/9'\n"
+        "task_acks_late = False\n"
+        "broker_transport_options = {}\n"
+    )
+    code = (
+        "import json, sys;"
+        f"sys.path.insert(0, {str(tmp_path)!r});"
+        "import celeryconfig;"  # the host's module really is importable
+        "from ktrdr_tasks.app import app;"
+        "c = app.conf;"
+        "print(json.dumps({'url': c.broker_url, 'acks_late': c.task_acks_late,"
+        " 'visibility': c.broker_transport_options.get('visibility_timeout'),"
+        " 'host_module': celeryconfig.broker_url}))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KTRDR_", "REDIS_URL"))}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, "REDIS_URL": "redis://127.0.0.1:6390/3", "KTRDR_VISIBILITY_TIMEOUT_S": "45"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(out.stdout)
+    assert seen == {
+        "url": "redis://127.0.0.1:6390/3",
+        "acks_late": True,
+        "visibility": 45,
+        "host_module": "redis://127.0.0.1:1/9",
+    }
+
+
+def test_the_package_installs_no_top_level_celeryconfig() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "py-modules" not in project.get("tool", {}).get("setuptools", {})
+    # The repository's file only re-exports the package's module.
+    shim = (REPO / "celeryconfig.py").read_text()
+    assert "from ktrdr_tasks.celeryconfig import *" in shim
+
+
+# -- the training host's server limits (slowloris) ----------------------------------------------
+
+SLOW_CLIENTS = 200
+
+
+@pytest.fixture
+def limited_host() -> Iterator[tuple[int, HostSettings]]:
+    """The host's server (its protocol and limits) on loopback, serving a tiny app."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from training_host.server import server_options
+
+    async def hello(_: object) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    port = free_port()
+    settings = HostSettings(
+        KTRDR_HOST_PORT=port, KTRDR_HOST_REQUEST_TIMEOUT_S=1, KTRDR_HOST_MAX_CONNECTIONS=1000
+    )
+    app = Starlette(routes=[Route("/hello", hello)])
+    server = uvicorn.Server(uvicorn.Config(app, **server_options(settings)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield port, settings
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """True once the server has closed the connection (after an optional 408)."""
+    try:
+        while chunk := sock.recv(4096):
+            if b"408" not in chunk:
+                return False
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_host_drops_requests_that_never_finish_within_the_request_timeout(
+    limited_host: tuple[int, HostSettings],
+) -> None:
+    port, settings = limited_host
+    partial = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+    slow_body = (
+        b"POST /hello HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
+    )
+    sockets, drippers = [], []
+    try:
+        for index in range(SLOW_CLIENTS):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            # a third send half a header, a third half a body, a third nothing at all
+            sock.sendall([partial, slow_body, b""][index % 3])
+            sock.setblocking(False)
+            sockets.append(sock)
+            if index % 3 == 1:
+                drippers.append(sock)
+        started = time.monotonic()
+        # Meanwhile a well-behaved client is served.
+        answer = httpx.get(f"http://127.0.0.1:{port}/hello", timeout=5)
+        assert answer.status_code == 200
+        open_sockets = list(sockets)
+        while open_sockets and time.monotonic() - started < 10 * settings.request_timeout_s:
+            for sock in [s for s in drippers if s in open_sockets]:
+                with contextlib.suppress(OSError):
+                    sock.send(b"x")  # dripping the body does not extend the deadline
+            open_sockets = [s for s in open_sockets if not _closed_by_server(s)]
+            time.sleep(0.05)
+        held_for = time.monotonic() - started
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert open_sockets == [], f"{len(open_sockets)} of {SLOW_CLIENTS} slow sockets still held"
+    assert held_for < 3 * settings.request_timeout_s + 1
+    print(f"slowloris: {SLOW_CLIENTS} slow sockets all closed {held_for:.2f} s after they began")
+
+
+def test_host_server_options_bound_connections_and_keep_alive() -> None:
+    from training_host.server import BoundedH11Protocol, server_options
+
+    options = server_options(
+        HostSettings(
+            KTRDR_HOST_MAX_CONNECTIONS=50,
+            KTRDR_HOST_KEEP_ALIVE_S=3,
+            KTRDR_HOST_REQUEST_TIMEOUT_S=7,
+        )
+    )
+    assert options["limit_concurrency"] == 50
+    assert options["timeout_keep_alive"] == 3
+    assert issubclass(options["http"], BoundedH11Protocol)
+    assert options["http"].request_timeout_s == 7
+
+
+def test_host_limits_are_command_line_options_too() -> None:
+    from training_host.main import parse_args
+    from training_host.server import server_options
+
+    args = parse_args(["--request-timeout", "3", "--max-connections", "7", "--keep-alive", "2"])
+    settings = HostSettings(**{k: v for k, v in vars(args).items() if v is not None})
+    options = server_options(settings)
+    assert (options["http"].request_timeout_s, options["limit_concurrency"]) == (3, 7)
+    assert options["timeout_keep_alive"] == 2

@@ -157,10 +157,10 @@ def test_a_write_that_is_no_heartbeat_leaves_the_newest_one(store: Store) -> Non
     store.create_operation(op, limit=1)
     store.redis.hset(operation_key(op.operation_id), "heartbeat_at", "2030-01-01T00:00:00Z")
 
-    assert store.update(op.operation_id, metadata={"resume_count": 1}, heartbeat=False)
+    assert store.update(op.operation_id, bookkeeping={"resume_count": 1}, heartbeat=False)
     assert store.get(op.operation_id).heartbeat_at == "2030-01-01T00:00:00Z"
 
-    assert store.update(op.operation_id, metadata={"resume_count": 2})
+    assert store.update(op.operation_id, bookkeeping={"resume_count": 2})
     assert store.get(op.operation_id).heartbeat_at != "2030-01-01T00:00:00Z"
 
 

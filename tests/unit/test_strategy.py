@@ -7,15 +7,22 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
-from ktrdr_tasks.errors import StrategyError
+from ktrdr_tasks.design import summarize_design
+from ktrdr_tasks.errors import StrategyError, StrategyValidationError
+from ktrdr_tasks.settings import get_settings
 from ktrdr_tasks.strategy import (
+    STRATEGY_NAME,
     extract_training_params,
     load_strategy_config,
+    read_strategy_file,
     strategy_path,
     training_params_for,
     validate_strategy_name,
 )
+from ktrdr_tasks.strategy_schema import STRATEGY_NAME as schema_name_rule
+from ktrdr_tasks.strategy_schema import load_strategy_file, validate_strategy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -183,3 +190,99 @@ def test_every_example_strategy_gives_training_params() -> None:
             name, load_strategy_config(name, directory), directory, None, None
         )
         assert params.symbols and params.timeframes and params.start_date
+
+
+# -- one reading everywhere: the chain, the designer's fingerprint and the schema -----------
+
+
+V2_STRATEGY = """
+name: pinned
+version: "1.0"
+scope: symbol_specific
+training_data:
+  symbols: {mode: single, symbol: EURUSD}
+  timeframes: {mode: single, timeframe: 1h}
+deployment:
+  target_symbols: {mode: training_only}
+  target_timeframes: {mode: single, timeframe: 1h}
+indicators:
+  - {name: RSI, feature_id: rsi_14, period: 14}
+fuzzy_sets:
+  rsi_14:
+    low: {type: triangular, parameters: [0, 20, 40]}
+    high: {type: triangular, parameters: [60, 80, 100]}
+model:
+  type: mlp
+  architecture: {hidden_layers: [8]}
+  features: {lookback_periods: 1}
+  training: {epochs: 2}
+decisions: {output_format: classification, confidence_threshold: 0.6, position_awareness: true}
+training:
+  method: supervised
+  labels: {source: zigzag, zigzag_threshold: 0.005, label_lookahead: 20}
+  data_split: {test_size: 0.15, validation_size: 0.15}
+"""
+
+
+def _schema_document(training_data: dict) -> dict:
+    document = yaml.safe_load(V2_STRATEGY)
+    document["training_data"] = {**document["training_data"], **training_data}
+    return document
+
+
+def test_a_single_mode_with_a_list_trains_the_list_for_every_reader() -> None:
+    # ktrdr's own reading (`_extract_config_list`: "multi mode takes precedence"): a non-empty
+    # list wins whatever the mode says, so a ktrdr backend trains both symbols.
+    symbols = {"mode": "single", "symbol": "EURUSD", "list": ["EURUSD", "GBPUSD"]}
+    document = _schema_document({"symbols": symbols})
+    assert extract_training_params(document)["symbols"] == ["EURUSD", "GBPUSD"]
+    assert summarize_design(document)["symbols"] == ["EURUSD", "GBPUSD"]
+    assert validate_strategy(document).symbols == ["EURUSD", "GBPUSD"]
+
+
+def test_an_empty_list_falls_back_to_the_single_key_for_every_reader() -> None:
+    timeframes = {"mode": "single", "timeframe": "1h", "list": []}
+    document = _schema_document({"timeframes": timeframes})
+    assert extract_training_params(document)["timeframes"] == ["1h"]
+    assert summarize_design(document)["timeframes"] == ["1h"]
+    assert validate_strategy(document).timeframes == ["1h"]
+
+
+def test_date_range_wins_over_start_date_for_the_chain_and_the_schema() -> None:
+    # ktrdr's research worker reads `training_data.date_range` first.
+    dates = {
+        "date_range": {"start": "2017-06-01", "end": "2018-01-01"},
+        "start_date": "2017-05-01",
+        "end_date": "2018-02-01",
+    }
+    document = _schema_document(dates)
+    params = extract_training_params(document)
+    config = validate_strategy(document)
+    assert (params["start_date"], params["end_date"]) == ("2017-06-01", "2018-01-01")
+    assert (config.start_date, config.end_date) == ("2017-06-01", "2018-01-01")
+
+
+@pytest.mark.parametrize("text", ["2020-02-30", "2020-01-01T00:00", "20200101", "soon"])
+def test_the_chain_and_the_schema_refuse_the_same_dates(tmp_path: Path, text: str) -> None:
+    document = _schema_document({"start_date": text})
+    with pytest.raises(StrategyError, match="start_date"):
+        training_params_for("s", document, tmp_path, None, None)
+    with pytest.raises(StrategyValidationError, match="start_date"):
+        validate_strategy(document)
+
+
+def test_the_schema_uses_the_chains_name_rule() -> None:
+    assert schema_name_rule is STRATEGY_NAME
+    assert load_strategy_file is read_strategy_file
+
+
+def test_load_strategy_config_defaults_to_the_configured_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "here.yaml").write_text("name: here\n")
+    monkeypatch.setenv("KTRDR_STRATEGIES_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        assert load_strategy_config("here") == {"name": "here"}
+    finally:
+        get_settings.cache_clear()

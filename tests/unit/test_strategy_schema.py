@@ -18,6 +18,7 @@ from ktrdr_tasks.strategy_schema import (
     trainability_errors,
     validate_strategy,
 )
+from ktrdr_tasks.strategy_v3 import check_any_strategy
 
 STRATEGIES = Path(__file__).resolve().parents[2] / "strategies"
 
@@ -125,9 +126,9 @@ def test_train_validation_test_keys_are_ignored_for_the_split():
 
 @pytest.mark.parametrize("path", sorted(STRATEGIES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_project_strategy_is_valid_and_named_after_its_file(path: Path):
-    config = check_strategy(load_strategy_file(path), path.name)
+    config = check_any_strategy(load_strategy_file(path), path.name, stem=path.stem)
     assert config.name == path.stem
-    assert config.model.training.epochs <= 10
+    assert config.epochs <= 10  # v2 reads model.training.epochs, v3 training.epochs
     assert config.start_date and config.end_date
 
 
@@ -421,6 +422,16 @@ def test_validator_alone_accepts_what_only_the_trainer_refuses():
     assert [e.field for e in trainability_errors(config)] == ["fuzzy_sets.rsi_14.mid"]
 
 
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), 0.0, -0.1])
+def test_a_learning_rate_outside_zero_to_infinity_is_a_trainer_error(rate: float):
+    document = example()
+    document["model"]["training"]["learning_rate"] = rate
+    errors = trainability_errors(validate_strategy(document))
+    assert [(e.field, e.message) for e in errors] == [
+        ("model.training.learning_rate", f"must be > 0, got {rate}")
+    ]
+
+
 def test_non_mapping_document_is_rejected():
     with pytest.raises(StrategyValidationError):
         validate_strategy(["not", "a", "mapping"])  # type: ignore[arg-type]
@@ -433,7 +444,7 @@ def test_load_strategy_file_reports_bad_yaml_and_non_mappings(tmp_path: Path):
         load_strategy_file(bad)
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
-    with pytest.raises(StrategyError, match="must hold one YAML mapping"):
+    with pytest.raises(StrategyError, match="must hold a YAML mapping"):
         load_strategy_file(listing)
     with pytest.raises(StrategyError, match="not found"):
         load_strategy_file(tmp_path / "missing.yaml")

@@ -1,4 +1,4 @@
-"""The rules every step shares (`tasks.run_step`): who may touch the remote job, what a revoke
+"""The rules every step shares (`runner.run_step`): who may touch the remote job, what a revoke
 does, what a Redis blip does to a running cycle, and the one error budget. The runner gets
 its services (fakeredis, an httpx MockTransport) as an argument; nothing is monkeypatched."""
 
@@ -13,7 +13,7 @@ import pytest
 from celery.app.task import Context
 from celery.signals import task_revoked
 
-from ktrdr_tasks import cycle, tasks
+from ktrdr_tasks import cycle, runner, tasks
 from ktrdr_tasks.cycle import Ended, Fail, Reschedule, Services
 from ktrdr_tasks.design import DesignResult
 from ktrdr_tasks.errors import CycleEnded, StoreUnavailableError
@@ -51,8 +51,8 @@ def polling_cycle(store: Store) -> None:
     store.update(CYCLE_ID, metadata={"training_status": "running"})
 
 
-def run(step: Step, services: Services, body: tasks.StepBody | None = None) -> cycle.Outcome:
-    return tasks.run_step(step, CYCLE_ID, services, "task-1", body)
+def run(step: Step, services: Services, body: runner.StepBody | None = None) -> cycle.Outcome:
+    return runner.run_step(step, CYCLE_ID, services, "task-1", body)
 
 
 def test_late_duplicate_of_a_passed_step_leaves_the_live_remote_job_alone(
@@ -114,15 +114,47 @@ def test_revoked_step_of_a_cancelled_cycle_cancels_the_remote_job(
     assert remote.deletes == [TRAINING_ID]
 
 
-def test_revoked_step_of_a_running_cycle_cancels_nothing(
+def test_revoked_step_of_a_running_cycle_cancels_the_cycle_and_its_remote_job(
     store: Store, remote: Remote, services: Services
 ) -> None:
     polling_cycle(store)
 
     revoke("ktrdr.poll_training", CYCLE_ID, services)
 
-    assert remote.deletes == []
-    assert store.get(CYCLE_ID).status is OperationStatus.RUNNING
+    after = store.get(CYCLE_ID)
+    assert after.status is OperationStatus.CANCELLED
+    assert after.error_message == "revoked through Celery: task t-revoked (ktrdr.poll_training)"
+    assert remote.deletes == [TRAINING_ID]
+
+
+def test_a_revoke_of_any_task_id_of_a_cycle_cancels_that_cycle_only(
+    store: Store, remote: Remote, services: Services
+) -> None:
+    # What the worker's `revoke` command hands on: ids, wherever their messages are (here the
+    # gate's, not yet published while the cycle polls).
+    polling_cycle(store)
+    store.update(CYCLE_ID, task_ids=["t0", "gate-task"])
+    make_cycle(store, op_id="op_agent_research_20260101_000000_0000bbbb", step=Step.DESIGN)
+
+    cancelled = runner.cancel_cycles_of_revoked(services, ["gate-task", "unrelated"])
+
+    assert cancelled == [CYCLE_ID]
+    after = store.get(CYCLE_ID)
+    assert after.status is OperationStatus.CANCELLED
+    assert after.error_message == "revoked through Celery: task gate-task"
+    assert remote.deletes == [TRAINING_ID]
+    other = store.get("op_agent_research_20260101_000000_0000bbbb")
+    assert other.status is OperationStatus.RUNNING
+
+
+def test_a_revoke_of_a_finished_cycles_task_changes_nothing(
+    store: Store, remote: Remote, services: Services
+) -> None:
+    make_cycle(store, step=Step.ASSESS)
+    store.finish(CYCLE_ID, OperationStatus.COMPLETED)
+
+    assert runner.cancel_cycles_of_revoked(services, ["t0"]) == []
+    assert store.get(CYCLE_ID).status is OperationStatus.COMPLETED
 
 
 def test_revoked_housekeeping_task_is_not_mistaken_for_a_step(
@@ -155,7 +187,7 @@ def test_redis_blip_inside_a_step_retries_it_instead_of_failing_the_cycle(
 ) -> None:
     make_cycle(store, step=Step.LOAD_TRAINING_PARAMS)
 
-    def redis_drops(_: tasks.StepRun) -> cycle.Outcome:
+    def redis_drops(_: runner.StepRun) -> cycle.Outcome:
         server.connected = False
         raise StoreUnavailableError("cannot reach Redis at redis://localhost:6379/0")
 
@@ -292,7 +324,7 @@ def test_lease_ttl_fits_the_visibility_timeout_and_an_llm_call(visibility_s: flo
         designer="anthropic",
         poll_interval_s=5,
     )
-    ttl = tasks.lease_ttl_s(Step.DESIGN, llm)
+    ttl = runner.lease_ttl_s(Step.DESIGN, llm)
     assert llm.anthropic_timeout_s < ttl <= visibility_s / 2
 
 
@@ -301,10 +333,10 @@ def test_lease_never_outlasts_half_the_visibility_timeout() -> None:
     # timeout would be redelivered while it waits.
     # (The LLM design's longer lease: the parametrised test above, 600 s among its cases.)
     quick = Settings(visibility_timeout_s=30, poll_interval_s=5)
-    assert all(tasks.lease_ttl_s(step, quick) <= 15 for step in Step)
+    assert all(runner.lease_ttl_s(step, quick) <= 15 for step in Step)
 
 
 def test_every_step_has_its_task_under_the_table_name() -> None:
-    assert set(tasks.STEP_BODIES) == set(Step)
+    assert set(runner.STEP_BODIES) == set(Step)
     for step in Step:
         assert tasks.app.tasks[step.task_name].max_retries is None

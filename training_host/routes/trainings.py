@@ -2,8 +2,11 @@
 
 What ktrdr refuses on start is refused here with its status and shape: a bad name or a
 missing file (400, `detail` a string), an invalid strategy (400, `detail` an object listing
-every field). What ktrdr accepts and then fails (no data) is accepted with 200 and the
-operation fails at once, naming the data that does exist.
+every field), a file the chain's bounded reader refuses (too big, too deep, an alias bomb:
+400, `STRATEGY-Unreadable`, naming the limit). What ktrdr accepts and then fails (no data) is
+accepted with 200 and the operation fails at once, naming the data that does exist. The
+document handed to training (and written as the model's `config.json`) is the one that reader
+built, so its size is bounded by the reader's limits, aliases included.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 
 from ktrdr_tasks.errors import StrategyError, StrategyValidationError
-from ktrdr_tasks.strategy import strategy_path, validate_strategy_name
-from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
+from ktrdr_tasks.strategy import (
+    read_strategy_file,
+    shown,
+    strategy_path,
+    validate_strategy_name,
+)
+from ktrdr_tasks.strategy_v3 import check_any_strategy
 from training_host.errors import NoDataError
 from training_host.market_data import normalise_timeframe
 from training_host.pipeline import TrainingJob, check_data, run_training
-from training_host.schemas import TrainingStartRequest, TrainingStartResponse
+from training_host.schemas import BUSY_DETAIL, TrainingStartRequest, TrainingStartResponse
 
 router = APIRouter(prefix="/trainings", tags=["Training"])
 
@@ -31,7 +39,7 @@ def strategy_file(name: str, strategies_dir: Path) -> Path:
     except StrategyError:
         raise HTTPException(
             status_code=400,
-            detail=f"Invalid strategy name '{name}': Strategy name may only contain "
+            detail=f"Invalid strategy name {shown(name)}: Strategy name may only contain "
             "alphanumerics, dashes, or underscores",
         ) from None
     try:
@@ -68,15 +76,15 @@ def load_job(body: TrainingStartRequest, strategies_dir: Path) -> TrainingJob:
     """The strategy read and checked (ktrdr's validator and trainer rules) for this request."""
     path = strategy_file(body.strategy_name, strategies_dir)
     try:
-        document = load_strategy_file(path)
-        config = check_strategy(document, source=path.name)
+        document = read_strategy_file(path)
+        config = check_any_strategy(document, source=path.name)
     except StrategyValidationError as exc:
         fields = [{"field": e.field, "message": e.message} for e in exc.errors]
         raise _invalid(
             body.strategy_name,
             path,
             [str(e) for e in exc.errors],
-            "STRATEGY-ValidationFailed",
+            exc.error_code,  # v3 has its own codes on ktrdr
             fields,
         ) from exc
     except StrategyError as exc:
@@ -122,8 +130,10 @@ def start_training(body: TrainingStartRequest, request: Request) -> TrainingStar
         "start_date": job.start_date,
         "end_date": job.end_date,
         "task_id": body.task_id,
-        "parameters": {"epochs": job.config.model.training.epochs},
+        "parameters": {"epochs": job.config.epochs},
     }
+    if state.runner.refuses_start(settings.busy, body.task_id):
+        raise HTTPException(status_code=503, detail=BUSY_DETAIL)
     operation, created = state.registry.create(metadata, task_id=body.task_id)
     if not created:
         return TrainingStartResponse(
