@@ -202,6 +202,12 @@ def test_empty_operation_id_is_one_line_and_exit_2(env: dict[str, str]) -> None:
 def test_a_100_kb_strategy_name_gives_a_bounded_error_line(env: dict[str, str]) -> None:
     line = one_line_exit(ktrdr(env, "agent", "trigger", "--strategy", "a" * 100_000), 2)
     assert len(line) < 1100
+    assert "(100000 characters)" in line  # the name is echoed cut, with its size
+
+
+def test_any_long_error_is_cut_at_the_cli_bound(env: dict[str, str]) -> None:
+    line = one_line_exit(ktrdr(env, "operations", "status", "op_" + "a" * 100_000), 2)
+    assert len(line) < 1100
     assert "more characters" in line
 
 
