@@ -276,7 +276,7 @@ def run_start_training(services: Services, operation: Operation) -> Outcome:
         # this starter cancels the job it just started (queued if the API is down right now).
         services.cancel_remote(training_id, f"cycle {op_id} ended during start")
         return Ended(f"{op_id} ended while its training was starting")
-    log.info("%s training started as %s", op_id, training_id)
+    log.info("%s training started as %s", op_id, training_id, extra={"training_id": training_id})
     return {"training_operation_id": training_id}
 
 

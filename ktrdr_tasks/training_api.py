@@ -43,6 +43,7 @@ from ktrdr_tasks.errors import (
     TrainingApiError,
     TransientApiError,
 )
+from ktrdr_tasks.metrics import count_api_errors
 from ktrdr_tasks.operation_answer import read_operation_answer
 
 API_PREFIX = "/api/v1"
@@ -279,6 +280,7 @@ class TrainingApiClient:
 
     # -- transport ---------------------------------------------------------------------
 
+    @count_api_errors
     def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """Send one request within the deadline; the decoded answer, or a classified error."""
         url = f"{API_PREFIX}{path}"
