@@ -29,8 +29,8 @@ from ktrdr_tasks.gates import (
     judge_backtest_result,
     judge_training_result,
 )
-from ktrdr_tasks.strategy import extract_training_params
-from ktrdr_tasks.strategy_schema import check_strategy, load_strategy_file
+from ktrdr_tasks.strategy import extract_training_params, read_strategy_file
+from ktrdr_tasks.strategy_v3 import check_any_strategy
 from training_host.backtest import BacktestJob, Costs, run_backtest
 from training_host.errors import TrainingFailed
 from training_host.jobs import JobContext
@@ -77,7 +77,7 @@ def _judge(
         name,
         models / f"{name}.yaml",
         document,
-        check_strategy(document, source=name),
+        check_any_strategy(document, source=name),
         (symbol,),
         (timeframe,),
         start,
@@ -123,7 +123,7 @@ def _cell(value: Any, spec: str) -> str:
 def run(args: argparse.Namespace) -> int:
     configure_torch(args.threads)
     documents = [
-        (path.stem, load_strategy_file(path)) for path in sorted(args.strategies_dir.glob("*.yaml"))
+        (path.stem, read_strategy_file(path)) for path in sorted(args.strategies_dir.glob("*.yaml"))
     ]
     stream = candidates(args.seed, REFERENCE_DATASETS)
     seen: set[str] = set()
