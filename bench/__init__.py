@@ -13,6 +13,8 @@ if os.environ.get("BENCH_HIREDIS") == "0":
 # name -> module exposing `add_arguments(parser)` and `run(args) -> int`.
 BENCHMARKS: dict[str, str] = {
     "training": "bench.training",
+    "backtest": "bench.backtest",
+    "verdicts": "bench.verdicts",
     "overhead": "bench.overhead",
     "polling": "bench.polling",
     "per-poll": "bench.per_poll",

@@ -34,6 +34,18 @@ RESULT = {
     },
     "test_metrics": {"test_accuracy": 0.61, "test_loss": 0.7},
 }
+BACKTEST_RESULT = {
+    "symbol": "EURUSD",
+    "timeframe": "1h",
+    "trade_count": 6,
+    "metrics": {
+        "total_trades": 6,
+        "win_rate": 0.5,
+        "max_drawdown_pct": 0.02,
+        "sharpe_ratio": 1.0,
+        "total_return_pct": 0.01,
+    },
+}
 EPOCHS = 10
 
 
@@ -101,6 +113,10 @@ class FastTrainingApi:
                 "timeframes": body.get("timeframes"),
                 "strategy_name": body["strategy_name"],
             }
+        if method == "POST" and path == "/api/v1/backtests/start":
+            # A backtest "runs" as long as a training and passes the default backtest gate.
+            op_id = self.create_job(f"op_backtesting_bench_{uuid.uuid4().hex[:12]}")
+            return 200, {"success": True, "operation_id": op_id, "status": "started"}
         if path.startswith("/api/v1/operations/"):
             op_id = path.rsplit("/", 1)[-1]
             with self.lock:
@@ -145,7 +161,11 @@ def _operation_info(job: Job, now: float, done: bool) -> dict[str, Any]:
         },
         "metrics": {},
         "error_message": None,
-        "result_summary": RESULT if done else None,
+        "result_summary": (
+            (BACKTEST_RESULT if job.operation_id.startswith("op_backtesting_") else RESULT)
+            if done
+            else None
+        ),
     }
 
 

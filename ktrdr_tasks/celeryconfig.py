@@ -34,7 +34,8 @@ broker_transport_options = {
     "unacked_restore_interval": max(1, int(_settings.visibility_timeout_s / 6)),
     "unacked_restore_throttle": 1,
 }
-imports = ("ktrdr_tasks.tasks",)
+# telemetry: the log format, the metrics endpoint and per-task counts, via Celery signals.
+imports = ("ktrdr_tasks.tasks", "ktrdr_tasks.telemetry")
 # Every cycle's state lives in the operation record; Celery's own results are not needed.
 result_backend = None
 task_ignore_result = True

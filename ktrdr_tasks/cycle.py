@@ -25,8 +25,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ktrdr_tasks.backtest import (
+    BacktestPoll,
+    backtest_request,
+    backtest_summary,
+    backtest_window,
+    read_backtest,
+)
 from ktrdr_tasks.errors import CycleEnded, OperationNotFoundError, StrategyError
-from ktrdr_tasks.gates import TrainingThresholds, judge_training_result
+from ktrdr_tasks.gates import (
+    BacktestThresholds,
+    TrainingThresholds,
+    judge_backtest_result,
+    judge_training_result,
+)
 from ktrdr_tasks.models import Operation, OperationStatus, Phase, Progress, iso, utc_now
 from ktrdr_tasks.progress import training_progress
 from ktrdr_tasks.remote import Requeue, cancel_remote, queue_cancel
@@ -38,7 +50,12 @@ from ktrdr_tasks.strategy import (
     strategy_path,
     training_params_for,
 )
-from ktrdr_tasks.training_api import RemoteOperation, StartTrainingRequest, TrainingApiClient
+from ktrdr_tasks.training_api import (
+    RemoteOperation,
+    StartBacktestRequest,
+    StartTrainingRequest,
+    TrainingApiClient,
+)
 
 __all__ = ["Step"]  # re-exported: callers of the step functions name steps through here too
 
@@ -95,11 +112,7 @@ Outcome = dict[str, Any] | Reschedule | Ended | Fail
 
 
 def thresholds_of(settings: Settings) -> TrainingThresholds:
-    return TrainingThresholds(
-        min_accuracy=settings.gate_min_accuracy,
-        max_loss=settings.gate_max_loss,
-        min_loss_decrease=settings.gate_min_loss_decrease,
-    )
+    return TrainingThresholds.from_settings(settings)
 
 
 def design_seed(operation_id: str) -> int:
@@ -269,7 +282,7 @@ def run_start_training(services: Services, operation: Operation) -> Outcome:
         # this starter cancels the job it just started (queued if the API is down right now).
         services.cancel_remote(training_id, f"cycle {op_id} ended during start")
         return Ended(f"{op_id} ended while its training was starting")
-    log.info("%s training started as %s", op_id, training_id)
+    log.info("%s training started as %s", op_id, training_id, extra={"training_id": training_id})
     return {"training_operation_id": training_id}
 
 
@@ -375,19 +388,169 @@ def run_training_gate(store: Store, settings: Settings, operation: Operation) ->
     return {"gate": gate["outcome"]}
 
 
-# -- the phases still to come -------------------------------------------------------------
+# -- backtest -----------------------------------------------------------------------------
+
+
+def run_start_backtest(services: Services, operation: Operation) -> Outcome:
+    """Start the out-of-sample backtest of the trained model once per cycle, and store its id.
+
+    The same race with a cancel as the training's start, closed the same way. A ktrdr
+    backend has no idempotency key for backtests (the reference host honours `task_id`), so
+    a stored id means never again.
+    """
+    store, settings, op_id = services.store, services.settings, operation.operation_id
+    if operation.backtest_operation_id:
+        return {"backtest_operation_id": operation.backtest_operation_id}
+    meta = operation.metadata
+    model_path = meta.get("model_path")
+    if not model_path:
+        return Fail("starting backtest failed: the training reported no model_path to backtest")
+    name = operation.strategy_name or ""
+    params = meta.get("training_params") or {}
+    window = backtest_window(
+        params.get("start_date"),
+        params.get("end_date"),
+        start=settings.backtest_start_date,
+        end=settings.backtest_end_date,
+        today=utc_now().date(),
+    )
+    fields = backtest_request(
+        name, params.get("symbols") or [], params.get("timeframes") or [], model_path, window
+    )
+    _update_or_stop(
+        store,
+        op_id,
+        progress=Progress(
+            percentage=Step.START_BACKTEST.end,
+            current_step=f"Starting backtest of {name} on {fields['symbol']} "
+            f"{fields['timeframe']}, {window.start_date}..{window.end_date}",
+        ),
+        metadata={
+            "backtest_window": {"start_date": window.start_date, "end_date": window.end_date}
+        },
+    )
+    backtest_id = services.client.start_backtest(
+        StartBacktestRequest(**fields, task_id=f"{op_id}-backtest")
+    )
+    stored = store.update(
+        op_id,
+        metadata={"backtest_operation_id": backtest_id},
+        bookkeeping={"backtest_deadline_ts": time.time() + settings.backtest_timeout_s},
+    )
+    if not stored:
+        services.cancel_remote(backtest_id, f"cycle {op_id} ended during backtest start")
+        return Ended(f"{op_id} ended while its backtest was starting")
+    log.info("%s backtest started as %s", op_id, backtest_id)
+    return {"backtest_operation_id": backtest_id}
+
+
+def run_poll_backtest(services: Services, operation: Operation) -> Outcome:
+    """One poll of the remote backtest: reschedule while it runs, done once it has metrics."""
+    store, settings, op_id = services.store, services.settings, operation.operation_id
+    backtest_id = operation.backtest_operation_id
+    if not backtest_id:
+        return Fail("backtesting failed: no backtest operation id was stored by start_backtest")
+    deadline = operation.bookkeeping.backtest_deadline_ts
+    if deadline and time.time() > deadline:
+        return Fail(
+            f"backtest {backtest_id} timed out after {settings.backtest_timeout_s:.0f} s "
+            "(KTRDR_BACKTEST_TIMEOUT_S); the remote job was cancelled"
+        )
+    try:
+        remote = services.client.get_operation(backtest_id)
+    except OperationNotFoundError:
+        return Fail(
+            f"training service at {settings.api_url} no longer knows backtest {backtest_id} "
+            "(it may have restarted); start a new cycle",
+            metadata={"backtest_status": "not_found"},
+        )
+    poll = read_backtest(remote, backtest_id)
+    if poll.state == "running" and remote.status != "completed":
+        _update_or_stop(
+            store, op_id, progress=poll.progress, metadata={"backtest_status": remote.status}
+        )
+        return Reschedule(settings.poll_interval_s)
+    return _backtest_ended(services, operation, poll, remote.status)
+
+
+def _backtest_ended(
+    services: Services, operation: Operation, poll: BacktestPoll, remote_status: str
+) -> Outcome:
+    """The remote backtest is over: keep its result for the gate, or fail saying how it ended."""
+    store, settings, op_id = services.store, services.settings, operation.operation_id
+    if poll.state == "failed":
+        return Fail(poll.message or "backtest failed", metadata={"backtest_status": remote_status})
+    if poll.state == "running":  # completed, but without metrics yet
+        # ktrdr can sync the result a moment after the status: read again, a few times.
+        reads = operation.bookkeeping.backtest_empty_reads + 1
+        if reads >= EMPTY_RESULT_READS:
+            return Fail(
+                f"backtest {operation.backtest_operation_id} completed but reported no metrics "
+                f"after {reads} reads; nothing to judge",
+                metadata={"backtest_status": "completed"},
+            )
+        _update_or_stop(store, op_id, bookkeeping={"backtest_empty_reads": reads})
+        return Reschedule(max(settings.poll_interval_s, 0.5))
+    _update_or_stop(
+        store,
+        op_id,
+        progress=poll.progress,
+        metadata={
+            "backtest_status": "completed",
+            "backtest_result": poll.result,
+            "backtest": backtest_summary(poll.result),
+        },
+    )
+    return {"backtest": "completed"}
+
+
+def run_backtest_gate(store: Store, settings: Settings, operation: Operation) -> Outcome:
+    """Judge the backtest; a failed gate fails the cycle naming the metric."""
+    verdict = judge_backtest_result(
+        operation.metadata.get("backtest_result"), BacktestThresholds.from_settings(settings)
+    )
+    gate = verdict.record("backtest", bypassed=bool(operation.metadata.get("bypass_gates")))
+    end = Step.BACKTEST_GATE.end
+    if gate["outcome"] == "failed":
+        return Fail(
+            f"Backtest gate failed: {verdict.reason}",
+            metadata={"backtest_gate": gate},
+            progress=Progress(percentage=end, current_step="Backtest gate failed"),
+        )
+    _update_or_stop(
+        store,
+        operation.operation_id,
+        progress=Progress(percentage=end, current_step=f"Backtest gate {gate['outcome']}"),
+        metadata={"backtest_gate": gate},
+    )
+    return {"backtest_gate": gate["outcome"]}
+
+
+# -- the phase still to come --------------------------------------------------------------
+
+
+def verdicts(operation: Operation) -> str:
+    """`training gate passed, backtest gate bypassed`: both gates' outcomes, for the record."""
+    meta = operation.metadata
+    training = (meta.get("gate") or {}).get("outcome", "not run")
+    backtest = (meta.get("backtest_gate") or {}).get("outcome", "not run")
+    return f"training gate {training}, backtest gate {backtest}"
 
 
 def run_stub_phase(store: Store, operation: Operation, step: Step) -> dict[str, Any]:
-    """Backtest and assessment are not built yet: say so in the record, do not pretend."""
-    key = "backtest" if step is Step.BACKTEST else "assessment"
+    """The assessment is not built yet: say so in the record, do not pretend."""
     _update_or_stop(
         store,
         operation.operation_id,
         progress=Progress(percentage=step.start, current_step=f"{step.label.capitalize()} (stub)"),
-        metadata={key: {"stub": True, "message": f"{key} phase not implemented yet"}},
+        metadata={
+            "assessment": {
+                "stub": True,
+                "message": f"assessment phase not implemented yet; {verdicts(operation)}",
+            }
+        },
     )
-    return {key: "stub"}
+    return {"assessment": "stub"}
 
 
 def run_assess(store: Store, operation: Operation) -> Outcome:
@@ -403,15 +566,17 @@ def complete_cycle(store: Store, operation: Operation) -> bool:
     meta = operation.metadata
     gate = meta.get("gate") or {}
     summary = {
-        "phase": "trained",
+        "phase": "backtested",
         "strategy_name": meta.get("strategy_name"),
         "strategy_path": meta.get("strategy_path"),
         "training_operation_id": meta.get("training_operation_id"),
         "model_path": meta.get("model_path"),
         "gate": gate.get("outcome"),
         "metrics": gate.get("metrics"),
-        "backtest": "stub: not implemented yet",
-        "assessment": "stub: not implemented yet",
+        "backtest_operation_id": meta.get("backtest_operation_id"),
+        "backtest_gate": (meta.get("backtest_gate") or {}).get("outcome"),
+        "backtest": meta.get("backtest"),
+        "assessment": f"stub: not implemented yet ({verdicts(operation)})",
     }
     return store.finish(
         operation.operation_id,
@@ -494,10 +659,25 @@ def _training_gate(run: StepRun) -> Outcome:
     return run_training_gate(run.services.store, run.services.settings, run.operation)
 
 
-@step_body(Step.BACKTEST)
-def _backtest(run: StepRun) -> Outcome:
-    """Stub until the backtest phase is built; the record says so."""
-    return run_stub_phase(run.services.store, run.operation, Step.BACKTEST)
+@step_body(Step.START_BACKTEST)
+def _start_backtest(run: StepRun) -> Outcome:
+    """Start the out-of-sample backtest of the trained model once and store its id."""
+    return run_start_backtest(run.services, run.operation)
+
+
+@step_body(Step.POLL_BACKTEST)
+def _poll_backtest(run: StepRun) -> Outcome:
+    """Poll the remote backtest; re-schedule itself until it ends, never holding a slot."""
+    owner = run.operation.bookkeeping.backtest_poll_task_id
+    if owner and owner != run.task_id:
+        return Ended("a resumed backtest poll owns this cycle now", superseded=True)
+    return run_poll_backtest(run.services, run.operation)
+
+
+@step_body(Step.BACKTEST_GATE)
+def _backtest_gate(run: StepRun) -> Outcome:
+    """Judge the backtest metrics against the gate thresholds."""
+    return run_backtest_gate(run.services.store, run.services.settings, run.operation)
 
 
 @step_body(Step.ASSESS)

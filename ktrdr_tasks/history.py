@@ -13,9 +13,12 @@ def history_entry(operation: Operation) -> dict[str, Any]:
     gate = meta.get("gate") or {}
     metrics = gate.get("metrics") or {}
     design = meta.get("design") or {}
+    backtest_gate = meta.get("backtest_gate") or {}
+    backtest = meta.get("backtest") or {}
+    outcomes = (gate.get("outcome"), backtest_gate.get("outcome"))
     if operation.status is OperationStatus.COMPLETED:
-        verdict = "bypassed" if gate.get("outcome") == "bypassed" else "passed"
-    elif gate.get("outcome") == "failed":
+        verdict = "bypassed" if "bypassed" in outcomes else "passed"
+    elif "failed" in outcomes:
         verdict = "gate_failed"
     else:
         verdict = operation.status.value
@@ -31,6 +34,12 @@ def history_entry(operation: Operation) -> dict[str, Any]:
         "test_accuracy": metrics.get("accuracy"),
         # The gate named the test loss `final_loss` before it was `test_loss`.
         "test_loss": metrics.get("test_loss", metrics.get("final_loss")),
+        "majority_class_share": metrics.get("majority_class_share"),
+        "backtest_gate_reasons": backtest_gate.get("reasons") or [],
+        "trades": backtest.get("trades"),
+        "total_return_pct": backtest.get("total_return_pct"),
+        "sharpe_ratio": backtest.get("sharpe_ratio"),
+        "max_drawdown_pct": backtest.get("max_drawdown_pct"),
         "error_message": operation.error_message,
         "finished_at": operation.completed_at,
     }

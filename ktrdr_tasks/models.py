@@ -68,6 +68,12 @@ class Bookkeeping(BaseModel):
     """Reads of a completed training that had no result yet (ktrdr syncs it late)."""
     poll_task_id: str | None = None
     """The poll task that owns the cycle after a resume; older polls stop."""
+    backtest_deadline_ts: float | None = None
+    """Wall-clock deadline of the remote backtest (KTRDR_BACKTEST_TIMEOUT_S after the start)."""
+    backtest_empty_reads: int = 0
+    """Reads of a completed backtest that had no metrics yet."""
+    backtest_poll_task_id: str | None = None
+    """The backtest poll task that owns the cycle after a resume; older polls stop."""
     resume_count: int = 0
     resumed_at_step: int | None = None
     resumed_at_pct: float | None = None
@@ -104,6 +110,10 @@ class Operation(BaseModel):
     @property
     def training_operation_id(self) -> str | None:
         return self.metadata.get("training_operation_id")
+
+    @property
+    def backtest_operation_id(self) -> str | None:
+        return self.metadata.get("backtest_operation_id")
 
     @property
     def strategy_name(self) -> str | None:

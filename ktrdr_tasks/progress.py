@@ -76,8 +76,10 @@ def epoch_context(remote: RemoteOperationView) -> dict[str, Any]:
         epoch = finite_number(last_epoch.get("epoch"))
     if epoch is None and remote.progress.steps_completed is not None:
         epoch = float(remote.progress.steps_completed)
-    if total is None and remote.progress.steps_total:
-        total = float(remote.progress.steps_total)
+    steps_total = finite_number(remote.progress.steps_total)
+    if steps_total and (total is None or (match and steps_total > total)):
+        # Today's ktrdr reads "Epoch 1/1" all through the first epoch; its step count is right.
+        total = steps_total
     if epoch is not None:
         found["epoch"] = int(epoch)
     if total is not None:

@@ -123,6 +123,8 @@ def _resume(services: Services, operation: Operation, now: float, resume: Resume
     }
     if Step.POLL_TRAINING in ids:  # the resumed poll owns the cycle; a late original stops
         changes["poll_task_id"] = ids[Step.POLL_TRAINING]
+    if Step.POLL_BACKTEST in ids:
+        changes["backtest_poll_task_id"] = ids[Step.POLL_BACKTEST]
     if not services.store.update(
         op_id,
         bookkeeping=changes,

@@ -1,11 +1,12 @@
-"""The one way a remote training job is cancelled: now, or by the retrying cancel task.
+"""The one way a remote job (training or backtest) is cancelled: now, or by the retrying task.
 
 Every place that stops a remote job (a user's cancel, a failed or lost cycle, a revoked task,
 the starter that lost the race with a cancel) calls `cancel_remote` or, for a cycle that
 ended, `cancel_orphaned_job`. A cancel the API cannot take right now is handed to
 `ktrdr.cancel_training`, which retries with backoff until the API answers: a briefly
-unreachable API never leaves a job training for a cycle that is over. Every remote cancel is
-idempotent (200, 400 "already ended" and 404 all mean nothing runs).
+unreachable API never leaves a job running for a cycle that is over (the task keeps its
+name, `cancel_training`, for the backtests too: both are cancelled by the same route).
+Every remote cancel is idempotent (200, 400 "already ended" and 404 all mean nothing runs).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ log = logging.getLogger("ktrdr_tasks.remote")
 
 CANCEL_TASK = "ktrdr.cancel_training"
 CANCEL_MAX_RETRIES = 120
-# What `training_status` says once nothing runs remotely: no cancel needed.
+# What `training_status` / `backtest_status` say once nothing runs remotely: no cancel needed.
 REMOTE_ENDED = frozenset({"completed", "failed", "cancelled", "not_found"})
 
 Requeue = Callable[[str, str], None]
@@ -61,24 +62,28 @@ def cancel_orphaned_job(
     """A cycle that failed or was cancelled with a remote job possibly running: cancel it.
 
     Only an ended cycle qualifies: the remote job of a running cycle is its live chain's, and
-    a completed cycle's job has completed. Returns the training id cancelled, if any.
+    a completed cycle's job has completed. The remote jobs are the training and, once it
+    started, the backtest (`<job>_status` says when one is known to be over). Returns the id
+    of the job cancelled, if any (the backtest's when both were).
     """
-    if (
-        operation is None
-        or not operation.training_operation_id
-        or operation.status not in (OperationStatus.FAILED, OperationStatus.CANCELLED)
-        or operation.metadata.get("training_status") in REMOTE_ENDED
+    if operation is None or operation.status not in (
+        OperationStatus.FAILED,
+        OperationStatus.CANCELLED,
     ):
         return None
-    training_id = operation.training_operation_id
     reason = f"cycle {operation.operation_id} {operation.status.value}"
-    cancel_remote(client, training_id, reason, requeue)
-    return training_id
+    cancelled = None
+    for job in ("training", "backtest"):
+        job_id = operation.metadata.get(f"{job}_operation_id")
+        if job_id and operation.metadata.get(f"{job}_status") not in REMOTE_ENDED:
+            cancel_remote(client, job_id, reason, requeue)
+            cancelled = job_id
+    return cancelled
 
 
 @app.task(name=CANCEL_TASK, bind=True, max_retries=CANCEL_MAX_RETRIES)
 def cancel_training(self: Task, training_id: str, reason: str) -> str:
-    """Cancel a remote training, retrying with backoff while the API is unreachable."""
+    """Cancel a remote job, retrying with backoff while the API is unreachable."""
     try:
         return get_client().cancel_operation(training_id, reason)
     except TransientApiError as exc:

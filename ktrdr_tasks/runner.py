@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ktrdr_tasks import workflow
+from ktrdr_tasks import logs, workflow
 from ktrdr_tasks.cycle import (
     STEP_BODIES,
     Ended,
@@ -152,9 +152,10 @@ def _run_leased(
         ended = store.find(operation_id)
         cancel_orphaned_job(services.client, ended, services.requeue_cancel)
         return Ended(_how_it_ended(operation_id, ended))
-    if step is not Step.POLL_TRAINING:
-        log.info("%s phase: %s", operation_id, step.label)
     operation = entry.operation
+    logs.bind(training_id=operation.training_operation_id)
+    if step not in (Step.POLL_TRAINING, Step.POLL_BACKTEST):
+        log.info("%s phase: %s", operation_id, step.label)
     run = StepRun(
         services,
         operation,

@@ -7,9 +7,12 @@ Names follow DESIGN section 6. A ktrdr deployment's own names (`TRAINING_GATE_MI
 from __future__ import annotations
 
 import functools
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -22,54 +25,124 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ktrdr_tasks.errors import ConfigurationError
+from ktrdr_tasks.errors import EXIT_CONFIG, ConfigurationError
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Durations are bounded so that a typo (or `inf`) is refused here instead of overflowing in
+# kombu or Redis later (an `inf` visibility timeout crashed the worker with OverflowError).
+MAX_DURATION_S = 30 * 86400
+# The rule for KTRDR_POLL_INTERVAL_S: anything below this (0 included) is raised to it. Zero
+# made every waiting cycle poll 20 times a second; a tenth of a second is still faster than
+# any training worth polling, and keeps tests and benchmarks that ask for "no wait" working.
+MIN_POLL_INTERVAL_S = 0.1
+# What an error line may echo of a bad value: a 100 kB value must not become a 100 kB line.
+MAX_ECHO_CHARS = 80
 
 
 def _log_level_name(value: object) -> str:
     level = str(value).strip().upper()
     if level not in LOG_LEVELS:
-        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
     return level
 
 
 # One variable (KTRDR_LOG_LEVEL) sets the level of every process of a deployment, the
 # training host included, so every settings class reads it through this type.
 LogLevel = Annotated[str, BeforeValidator(_log_level_name)]
+# Likewise KTRDR_LOG_FORMAT: `text` for people, `json` (one object per line) for collectors.
+LogFormat = Annotated[
+    Literal["text", "json"], BeforeValidator(lambda value: str(value).strip().lower())
+]
 
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+def _redis_url(value: object) -> str:
+    """A URL both kombu (the broker) and redis-py (the store) can use, checked at start-up.
+
+    Without this a malformed REDIS_URL surfaced as a 40-line traceback from whichever library
+    parsed it first, in the CLI, the worker or beat.
+    """
+    text = str(value).strip()
+    expected = "expected redis://[[user]:password@]host[:port][/db] or rediss://..."
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{expected} ({exc})") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError(expected)
+    if port == 0:
+        raise ValueError(f"{expected} (port 0)")
+    database = parts.path.lstrip("/")
+    if database and not database.isdigit():
+        raise ValueError(f"{expected} (the database is a number, got {database[:20]!r})")
+    return text
+
+
+RedisUrl = Annotated[str, BeforeValidator(_redis_url)]
+
+
+def _http_url(value: object) -> str:
+    text = str(value).strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"expected http(s)://host[:port] ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http(s)://host[:port]")
+    return text
+
+
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+
+
 class Settings(BaseSettings):
     """Configuration of the chain, its workers and its CLI. The README's table documents each."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+    # `inf` and `nan` are never a useful setting here: refuse them with the variable's name.
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", populate_by_name=True, allow_inf_nan=False
+    )
 
-    redis_url: str = Field("redis://localhost:6379/0", validation_alias=_env("REDIS_URL"))
-    api_url: str = Field("http://localhost:8000", validation_alias=_env("KTRDR_API_URL"))
-    api_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("KTRDR_API_TIMEOUT_S"))
+    redis_url: RedisUrl = Field("redis://localhost:6379/0", validation_alias=_env("REDIS_URL"))
+    api_url: HttpUrl = Field("http://localhost:8000", validation_alias=_env("KTRDR_API_URL"))
+    api_timeout_s: float = Field(
+        10.0, gt=0, le=MAX_DURATION_S, validation_alias=_env("KTRDR_API_TIMEOUT_S")
+    )
     strategies_dir: Path = Field(Path("strategies"), validation_alias=_env("KTRDR_STRATEGIES_DIR"))
     models_dir: Path = Field(Path("models"), validation_alias=_env("KTRDR_MODELS_DIR"))
 
-    poll_interval_s: float = Field(5.0, ge=0, validation_alias=_env("KTRDR_POLL_INTERVAL_S"))
+    poll_interval_s: float = Field(
+        5.0,
+        ge=0,
+        le=MAX_DURATION_S,
+        validation_alias=_env("KTRDR_POLL_INTERVAL_S"),
+    )
     training_timeout_s: float = Field(
-        1800.0, gt=0, validation_alias=_env("KTRDR_TRAINING_TIMEOUT_S")
+        1800.0, gt=0, le=MAX_DURATION_S, validation_alias=_env("KTRDR_TRAINING_TIMEOUT_S")
     )
     poll_max_errors: int = Field(10, ge=1, validation_alias=_env("KTRDR_POLL_MAX_ERRORS"))
     max_active_cycles: int = Field(1, ge=1, validation_alias=_env("KTRDR_MAX_ACTIVE_CYCLES"))
-    retention_days: float = Field(30.0, gt=0, validation_alias=_env("KTRDR_RETENTION_DAYS"))
+    retention_days: float = Field(
+        30.0, gt=0, le=3650, validation_alias=_env("KTRDR_RETENTION_DAYS")
+    )
 
-    resume_after_s: float = Field(60.0, gt=0, validation_alias=_env("KTRDR_RESUME_AFTER_S"))
-    lost_after_s: float = Field(600.0, gt=0, validation_alias=_env("KTRDR_LOST_AFTER_S"))
+    resume_after_s: float = Field(
+        60.0, gt=0, le=MAX_DURATION_S, validation_alias=_env("KTRDR_RESUME_AFTER_S")
+    )
+    lost_after_s: float = Field(
+        600.0, gt=0, le=MAX_DURATION_S, validation_alias=_env("KTRDR_LOST_AFTER_S")
+    )
     visibility_timeout_s: float = Field(
-        30.0, gt=0, validation_alias=_env("KTRDR_VISIBILITY_TIMEOUT_S")
+        30.0, gt=0, le=MAX_DURATION_S, validation_alias=_env("KTRDR_VISIBILITY_TIMEOUT_S")
     )
     reconcile_interval_s: float = Field(
-        15.0, gt=0, validation_alias=_env("KTRDR_RECONCILE_INTERVAL_S")
+        15.0, gt=0, le=MAX_DURATION_S, validation_alias=_env("KTRDR_RECONCILE_INTERVAL_S")
     )
 
     training_start_date: str | None = Field(
@@ -98,6 +171,37 @@ class Settings(BaseSettings):
     gate_min_sharpe: float = Field(
         -0.5, validation_alias=_env("KTRDR_GATE_MIN_SHARPE", "BACKTEST_GATE_MIN_SHARPE")
     )
+    # Backtest phase: the out-of-sample window (default: right after the training window,
+    # see ktrdr_tasks.backtest.backtest_window), the evidence floor and the baseline lift.
+    backtest_start_date: str | None = Field(
+        None, validation_alias=_env("KTRDR_BACKTEST_START_DATE", "AGENT_BACKTEST_START_DATE")
+    )
+    backtest_end_date: str | None = Field(
+        None, validation_alias=_env("KTRDR_BACKTEST_END_DATE", "AGENT_BACKTEST_END_DATE")
+    )
+    backtest_timeout_s: float = Field(
+        600.0, gt=0, validation_alias=_env("KTRDR_BACKTEST_TIMEOUT_S")
+    )
+    gate_min_trades: int = Field(
+        1, ge=0, validation_alias=_env("KTRDR_GATE_MIN_TRADES", "BACKTEST_GATE_MIN_TRADES")
+    )
+    gate_min_lift: float | None = Field(
+        None, validation_alias=_env("KTRDR_GATE_MIN_LIFT", "TRAINING_GATE_MIN_LIFT")
+    )
+
+    @field_validator("backtest_start_date", "backtest_end_date", mode="before")
+    @classmethod
+    def _backtest_date(cls, value: object) -> object:
+        if value in (None, ""):
+            return None
+        if not _DATE.match(str(value)):
+            raise ValueError(f"expected a date as YYYY-MM-DD, got {value!r}")
+        return str(value)
+
+    @field_validator("gate_min_lift", mode="before")
+    @classmethod
+    def _lift_blank_is_off(cls, value: object) -> object:
+        return None if value in (None, "") else value
 
     designer: Literal["builtin", "anthropic"] = Field(
         "builtin", validation_alias=_env("KTRDR_DESIGNER")
@@ -122,10 +226,14 @@ class Settings(BaseSettings):
         "claude-sonnet-4-5", validation_alias=_env("KTRDR_ANTHROPIC_MODEL")
     )
     anthropic_timeout_s: float = Field(
-        120.0, gt=0, validation_alias=_env("KTRDR_ANTHROPIC_TIMEOUT_S")
+        120.0, gt=0, le=MAX_DURATION_S, validation_alias=_env("KTRDR_ANTHROPIC_TIMEOUT_S")
     )
 
     log_level: LogLevel = Field("INFO", validation_alias=_env("KTRDR_LOG_LEVEL"))
+    log_format: LogFormat = Field("text", validation_alias=_env("KTRDR_LOG_FORMAT"))
+    # The worker's Prometheus endpoint (0: none); its pool processes share one registry.
+    metrics_port: int = Field(0, ge=0, le=65535, validation_alias=_env("KTRDR_METRICS_PORT"))
+    metrics_bind: str = Field("127.0.0.1", validation_alias=_env("KTRDR_METRICS_BIND"))
 
     # TLS to Redis (a `rediss://` REDIS_URL): verify the server unless told otherwise.
     redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
@@ -139,6 +247,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("poll_interval_s")
+    @classmethod
+    def _poll_floor(cls, value: float) -> float:
+        return max(value, MIN_POLL_INTERVAL_S)
 
     @field_validator("training_start_date", "training_end_date", mode="before")
     @classmethod
@@ -199,7 +312,65 @@ class Settings(BaseSettings):
 
     def safe_redis_url(self) -> str:
         """The Redis URL with any password masked, for logs and messages."""
-        return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", self.redis_url)
+        return _mask_credentials(self.redis_url)
+
+
+def _field_names(model: type[BaseSettings], location: str) -> tuple[str | None, list[str]]:
+    """The field an error location means (a field or one of its variables) and its variables."""
+    for field, info in model.model_fields.items():
+        alias = info.validation_alias
+        names = (
+            [n for n in alias.choices if isinstance(n, str)]
+            if isinstance(alias, AliasChoices)
+            else []
+        )
+        if location == field or location in names:
+            return field, names
+    return None, []
+
+
+def _variable_name(model: type[BaseSettings], location: str) -> str:
+    """The environment variable a person set (or would set), e.g. REDIS_URL."""
+    _, names = _field_names(model, location)
+    for name in names:
+        if name in os.environ:
+            return name
+    return names[0] if names else location
+
+
+def _mask_credentials(text: str) -> str:
+    return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", text)
+
+
+def _echo(value: object) -> str:
+    """A bad value as an error line may show it: bounded, and never a URL's password."""
+    text = _mask_credentials(repr(value))
+    if len(text) <= MAX_ECHO_CHARS:
+        return text
+    return f"{text[:MAX_ECHO_CHARS]}... ({len(text)} characters)"
+
+
+def describe_validation_error(exc: ValidationError, model: type[BaseSettings]) -> str:
+    """One line naming each bad variable and, bounded, the value it was given.
+
+    Model-wide checks have no field of their own; their message names the variables, so it
+    is shown without a (formerly empty) name in front.
+    """
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            location = str(error["loc"][0])
+            name = _variable_name(model, location)
+            field, _ = _field_names(model, location)
+            info = model.model_fields.get(field or "")
+            secret = info is not None and "Secret" in str(info.annotation)
+            given = error.get("input")
+            shown = "" if secret or isinstance(given, dict) else f" (got {_echo(given)})"
+            problems.append(f"{name}: {message}{shown}")
+        else:
+            problems.append(message)
+    return " ".join("; ".join(problems).split())
 
 
 @functools.cache
@@ -208,7 +379,18 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = describe_validation_error(exc, Settings)
         raise ConfigurationError(f"invalid configuration: {problems}") from exc
+
+
+def settings_or_exit(process: str) -> Settings:
+    """The settings for a process entry point (worker, beat): bad ones end it in one line.
+
+    A traceback of 90 lines from deep inside Celery's start-up hid the one line that said
+    which variable was wrong; this prints that line and exits with the configuration code.
+    """
+    try:
+        return get_settings()
+    except ConfigurationError as exc:
+        print(f"{process}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CONFIG) from None

@@ -33,7 +33,9 @@ class Step(IntEnum):
     START_TRAINING = (Phase.TRAINING, "starting training", 30.0, 35.0)
     POLL_TRAINING = (Phase.TRAINING, "training", 35.0, 85.0)
     TRAINING_GATE = (Phase.TRAINING, "training gate", 85.0, 90.0)
-    BACKTEST = (Phase.BACKTESTING, "backtest", 90.0, 98.0)
+    START_BACKTEST = (Phase.BACKTESTING, "starting backtest", 90.0, 90.0)
+    POLL_BACKTEST = (Phase.BACKTESTING, "backtesting", 90.0, 98.0)
+    BACKTEST_GATE = (Phase.BACKTESTING, "backtest gate", 98.0, 98.0)
     ASSESS = (Phase.ASSESSING, "assessment", 98.0, 100.0)
 
     def __new__(cls, phase: Phase, label: str, start: float, end: float) -> Step:

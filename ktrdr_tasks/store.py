@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import redis
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ktrdr_tasks import metrics
 from ktrdr_tasks.errors import OperationStateError, StoreUnavailableError
 from ktrdr_tasks.history import history_entry
 from ktrdr_tasks.models import (
@@ -283,9 +285,10 @@ def _redis_errors(method: Callable[P, R]) -> Callable[P, R]:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             store = args[0]
             url = getattr(store, "safe_url", "redis")
-            raise StoreUnavailableError(
-                f"cannot reach Redis at {url}: {exc}. Is redis-server running (REDIS_URL)?"
-            ) from exc
+            hint = "Is redis-server running (REDIS_URL)?"
+            if isinstance(exc, AuthenticationError):  # a subclass of ConnectionError
+                hint = "Redis refused the password: check the one in REDIS_URL."
+            raise StoreUnavailableError(f"cannot reach Redis at {url}: {exc}. {hint}") from exc
 
     return wrapper
 
@@ -621,7 +624,9 @@ class Store:
             **extra,
         )
         if won:
-            self.record_history(history_entry(self.get(operation_id)))
+            ended = self.get(operation_id)
+            self.record_history(history_entry(ended))
+            metrics.cycle_finished(ended)
         return won
 
     def cancel(self, operation_id: str, reason: str = "cancelled by user") -> Operation:

@@ -549,7 +549,7 @@ def _model_training_errors(model: ModelConfig) -> list[FieldError]:
         ("batch_size", training.batch_size),
         ("learning_rate", training.learning_rate),
     ):
-        if value <= 0:
+        if not 0 < value < float("inf"):  # NaN fails every comparison, so ask for the range
             errors.append(FieldError(f"model.training.{key}", f"must be > 0, got {value}"))
     return errors
 

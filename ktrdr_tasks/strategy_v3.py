@@ -588,7 +588,7 @@ def _training_errors(training: TrainingV3) -> list[FieldError]:
     errors = []
     for key in ("epochs", "batch_size", "learning_rate"):
         value = getattr(training, key)
-        if value <= 0:
+        if not 0 < value < float("inf"):  # NaN fails every comparison, so ask for the range
             errors.append(FieldError(f"training.{key}", f"must be > 0, got {value}"))
     labels = training.labels
     if labels.source not in LABEL_SOURCES:

@@ -94,7 +94,9 @@ load_training_params = step_task(Step.LOAD_TRAINING_PARAMS)
 start_training = step_task(Step.START_TRAINING)
 poll_training = step_task(Step.POLL_TRAINING)
 training_gate = step_task(Step.TRAINING_GATE)
-backtest = step_task(Step.BACKTEST)
+start_backtest = step_task(Step.START_BACKTEST)
+poll_backtest = step_task(Step.POLL_BACKTEST)
+backtest_gate = step_task(Step.BACKTEST_GATE)
 assess = step_task(Step.ASSESS)
 
 

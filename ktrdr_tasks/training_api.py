@@ -43,6 +43,7 @@ from ktrdr_tasks.errors import (
     TrainingApiError,
     TransientApiError,
 )
+from ktrdr_tasks.metrics import count_api_errors
 from ktrdr_tasks.operation_answer import read_operation_answer
 
 API_PREFIX = "/api/v1"
@@ -279,6 +280,7 @@ class TrainingApiClient:
 
     # -- transport ---------------------------------------------------------------------
 
+    @count_api_errors
     def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """Send one request within the deadline; the decoded answer, or a classified error."""
         url = f"{API_PREFIX}{path}"
@@ -475,6 +477,58 @@ class TrainingApiClient:
                 return "already_ended"
             raise
         return "cancelled"
+
+    # -- backtests (ktrdr's /backtests routes; polled and cancelled like a training) -------
+
+    @retry(
+        retry=retry_if_exception(lambda exc: _nothing_started(exc)),
+        stop=stop_after_attempt(START_ATTEMPTS),
+        wait=wait_exponential(multiplier=0.5, max=4),
+        reraise=True,
+    )
+    def start_backtest(self, request: StartBacktestRequest) -> str:
+        """POST /backtests/start; returns the backtest operation id (`operation_id`).
+
+        A backtest start has no idempotency key, so only failures that certainly started
+        nothing are retried here (503 busy, connection refused); a timeout is not.
+        """
+        body = self._request("POST", "/backtests/start", request.model_dump())
+        if not isinstance(body, Mapping) or body.get("success") is False:
+            raise PermanentApiError(
+                f"training API did not start a backtest of {request.strategy_name}: "
+                f"{body.get('message') if isinstance(body, Mapping) else body!r:.300}"
+            )
+        operation_id = body.get("operation_id") or body.get("task_id")
+        if not isinstance(operation_id, str) or not operation_id:
+            raise PermanentApiError(
+                f"backtest start answer has no operation id (operation_id): {body!r:.300}"
+            )
+        return operation_id
+
+
+class StartBacktestRequest(BaseModel):
+    """ktrdr's backtest request, with its defaults for capital and costs.
+
+    `task_id` is not ktrdr's (a ktrdr backend ignores it): the reference host honours it as
+    an idempotency key, so a start repeated after a crash mid-POST finds the same backtest.
+    """
+
+    strategy_name: str
+    symbol: str
+    timeframe: str
+    model_path: str
+    start_date: str
+    end_date: str
+    initial_capital: float = 100_000.0
+    commission: float = 0.001
+    slippage: float = 0.0005
+    task_id: str | None = None
+
+
+def _nothing_started(exc: BaseException) -> bool:
+    if not isinstance(exc, TransientApiError):
+        return False
+    return exc.status_code == 503 or isinstance(exc.__cause__, httpx.ConnectError)
 
 
 _process_client: tuple[int, str, TrainingApiClient] | None = None

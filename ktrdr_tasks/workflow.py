@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import kombu.pools
 from celery import chain
 
 from ktrdr_tasks.app import app
@@ -244,9 +245,10 @@ def use_environment(env: Mapping[str, str]) -> None:
     reset_store()
     # The app read its configuration module (and REDIS_URL through it) on first use: drop the
     # connection pools and cached objects built on it, and have it read the module again.
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    # kombu keeps its pools in a process-wide registry keyed by URL: closing one but leaving
+    # it registered would hand the closed pool back when the process returns to that URL.
+    kombu.pools.reset()
+    app._pool = None
     for cached in ("amqp", "control"):
         app.__dict__.pop(cached, None)
     source = getattr(app, "_config_source", None)

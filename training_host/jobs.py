@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ktrdr_tasks import logs
 from training_host.errors import TrainingCancelled, TrainingFailed
 from training_host.operations import TERMINAL, OperationRegistry
 
@@ -77,6 +78,7 @@ class JobRunner:
 
     def _run(self, context: JobContext, work: Work) -> None:
         operation_id = context.operation_id
+        logs.bind(training_id=operation_id)  # every line of this job names its operation
         try:
             if context.cancelled() or not self.registry.mark_running(operation_id):
                 return
@@ -97,6 +99,7 @@ class JobRunner:
                     "This is a bug in the training host; see its log.",
                 )
         finally:
+            log.info("training %s ended: %s", operation_id, self.registry.status(operation_id))
             with self._lock:
                 self._contexts.pop(operation_id, None)
                 self._futures.pop(operation_id, None)

@@ -62,3 +62,10 @@ def label_distribution(labels: np.ndarray) -> dict[str, int]:
     """Counts per class name, for metadata and for the single-class check."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=3)
     return {name: int(count) for name, count in zip(CLASS_NAMES, counts, strict=True)}
+
+
+def majority_class_share(labels: np.ndarray) -> float:
+    """The accuracy of always answering the most frequent class: the floor a model must beat."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=3)
+    total = int(counts.sum())
+    return float(counts.max()) / total if total else 0.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,11 +14,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from ktrdr_tasks import logs
 from training_host import __version__
 from training_host.jobs import JobRunner
+from training_host.metrics import instrument
 from training_host.middleware import BodySizeLimit
 from training_host.operations import OperationRegistry
-from training_host.routes import health, operations, trainings
+from training_host.routes import backtests, health, operations, trainings
 from training_host.server import serve
 from training_host.settings import HostSettings
 
@@ -77,8 +78,9 @@ def create_app(settings: HostSettings | None = None) -> FastAPI:
     app.state.settings, app.state.registry, app.state.runner = settings, registry, runner
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for module in (trainings, operations, health):
+    for module in (trainings, backtests, operations, health):
         app.include_router(module.router, prefix=API_PREFIX)
+    instrument(app, registry, runner)
     return app
 
 
@@ -126,6 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     settings = HostSettings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper())
+    logs.configure(settings.log_format, settings.log_level)
     serve(create_app(settings), settings)
     return 0

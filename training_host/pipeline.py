@@ -38,7 +38,12 @@ from training_host.features import (
     v3_features,
 )
 from training_host.jobs import JobContext
-from training_host.labels import CLASS_NAMES, label_distribution, zigzag_labels
+from training_host.labels import (
+    CLASS_NAMES,
+    label_distribution,
+    majority_class_share,
+    zigzag_labels,
+)
 from training_host.market_data import (
     DEFAULT_END_DATE,
     DEFAULT_START_DATE,
@@ -426,6 +431,9 @@ def _save_and_summarise(
         "precision": test["precision"],
         "recall": test["recall"],
         "f1_score": test["f1_score"],
+        # The share of the commonest test label: what always answering it would score.
+        "label_distribution": label_distribution(dataset.y_test),
+        "majority_class_share": majority_class_share(dataset.y_test),
     }
     model_info = {
         "architecture": "mlp",
@@ -482,7 +490,7 @@ def _save_and_summarise(
             [feature.feature_id for feature in plan.resolved],
             symbols=list(job.symbols),
             timeframes=timeframes,
-            metrics={**_final(training_metrics), **test_metrics},
+            metrics={**_final(training_metrics), **_final(test_metrics)},
             created_at=created_at,
         )
 

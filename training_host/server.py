@@ -90,6 +90,7 @@ def server_options(settings: HostSettings) -> dict[str, Any]:
         "limit_concurrency": settings.max_connections,
         "timeout_keep_alive": settings.keep_alive_s,
         "log_level": settings.log_level.lower(),
+        "log_config": None,  # uvicorn's lines go through the root logger, in KTRDR_LOG_FORMAT
     }
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ktrdr_tasks.settings import LogLevel
+from ktrdr_tasks.settings import LogFormat, LogLevel
 
 
 def _default_torch_threads() -> int:
@@ -57,6 +57,7 @@ class HostSettings(BaseSettings):
     )
     seed: int = Field(42, validation_alias=AliasChoices("KTRDR_TRAINING_SEED"))
     log_level: LogLevel = Field("INFO", validation_alias=AliasChoices("KTRDR_LOG_LEVEL"))
+    log_format: LogFormat = Field("text", validation_alias=AliasChoices("KTRDR_LOG_FORMAT"))
     # `503`: refuse a start while every worker is busy, as today's ktrdr does (the client's
     # retry path then runs against this host too); `queue` (default): it waits as pending.
     busy: Literal["queue", "503"] = Field("queue", validation_alias=AliasChoices("KTRDR_HOST_BUSY"))

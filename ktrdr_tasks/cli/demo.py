@@ -7,9 +7,9 @@ and stops everything it started: on success, on failure, on Ctrl+C and on SIGTER
 of the stack that exits meanwhile is restarted with backoff; with `--keep-running` a
 supervisor process of its own keeps doing that after the demo returns.
 
-Exit codes: 0 when the cycle reached a verdict (completed, or failed at the training gate:
-both are real outcomes of research); 1 when it failed otherwise, was cancelled or timed out;
-3 when the stack could not start; 130 when interrupted.
+Exit codes: 0 when the cycle reached a verdict (completed, or failed at the training or the
+backtest gate: both are real outcomes of research); 1 when it failed otherwise, was
+cancelled or timed out; 3 when the stack could not start; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -93,9 +93,10 @@ def _cancel_leftovers(echo: Any) -> None:
 
 
 def _is_verdict(operation: dict[str, Any]) -> bool:
-    gate = (operation.get("metadata") or {}).get("gate") or {}
+    meta = operation.get("metadata") or {}
+    gates = (meta.get("gate") or {}, meta.get("backtest_gate") or {})
     return operation["status"] == "completed" or (
-        operation["status"] == "failed" and gate.get("outcome") == "failed"
+        operation["status"] == "failed" and any(g.get("outcome") == "failed" for g in gates)
     )
 
 
@@ -104,10 +105,12 @@ def _summary(stack: Stack, operation: dict[str, Any], keep_running: bool) -> lis
     lines = [""]
     if operation["status"] == "completed":
         lines.append(
-            f"Verdict: completed (training gate {(meta.get('gate') or {}).get('outcome')})"
+            f"Verdict: completed (training gate {(meta.get('gate') or {}).get('outcome')}, "
+            f"backtest gate {(meta.get('backtest_gate') or {}).get('outcome')})"
         )
     elif _is_verdict(operation):
-        lines.append("Verdict: rejected by the training gate (a real outcome: most ideas fail)")
+        which = "backtest" if (meta.get("backtest_gate") or {}).get("outcome") else "training"
+        lines.append(f"Verdict: rejected by the {which} gate (a real outcome: most ideas fail)")
     else:
         lines.append(f"Verdict: none, the cycle {operation['status']}")
     lines.append(f"  strategy YAML  {_shown(meta.get('strategy_path'))}")

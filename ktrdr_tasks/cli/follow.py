@@ -6,6 +6,9 @@ bar, train loss and validation accuracy while training, and the elapsed time; wi
 terminal (CI, a pipe) it prints one plain line whenever that line changes. Either way it ends
 with the verdict on one line (the gate's reasons when the gate failed) and returns 0 when the
 cycle completed, 1 when it failed or was cancelled. A brief Redis outage does not end it.
+With `--json` it prints only the final record, with a `verdict` key, as one line.
+From `agent trigger|status --follow`, Ctrl+C stops the watching, not the cycle: it says so,
+and how to cancel (exit code 130).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from typing import Any
 
 import click
+from pydantic import ValidationError
 from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -23,8 +27,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ktrdr_tasks import workflow
-from ktrdr_tasks.errors import FollowTimeout, StoreUnavailableError
-from ktrdr_tasks.models import parse_iso
+from ktrdr_tasks.errors import EXIT_INTERRUPTED, FollowTimeout, StoreUnavailableError
+from ktrdr_tasks.history import history_entry
+from ktrdr_tasks.models import Operation, parse_iso
 
 REFRESH_S = 0.5
 STORE_OUTAGE_S = 30.0
@@ -43,6 +48,15 @@ def _epoch_text(context: dict[str, Any]) -> str:
         parts.append(f"val loss {context['val_loss']:.4f}")
     if context.get("val_accuracy") is not None:
         parts.append(f"val acc {context['val_accuracy']:.3f}")
+    # While backtesting: bars processed, trades and return so far.
+    if context.get("bars_processed") is not None:
+        total = context.get("bars_total")
+        done = context["bars_processed"]
+        parts.append(f"bar {done}/{total}" if total else f"bar {done}")
+    if context.get("trades") is not None:
+        parts.append(f"{context['trades']} trades")
+    if context.get("total_return_pct") is not None:
+        parts.append(f"return {context['total_return_pct']:+.2%}")
     return ", ".join(parts)
 
 
@@ -69,11 +83,34 @@ def verdict_text(operation: dict[str, Any]) -> str:
         figures = ""
         if accuracy is not None and loss is not None:
             figures = f" (test accuracy {accuracy:.3f}, test loss {loss:.3f})"
+        backtest = meta.get("backtest") or {}
+        if meta.get("backtest_gate"):
+            figures += f"; backtest gate {meta['backtest_gate'].get('outcome', '?')}"
+        if backtest.get("trades") is not None and backtest.get("total_return_pct") is not None:
+            figures += (
+                f" ({backtest['trades']:.0f} trades, return {backtest['total_return_pct']:+.2%})"
+            )
         return (
             f"completed: training gate {gate.get('outcome', '?')}{figures}; "
             f"model at {meta.get('model_path')}"
         )
     return f"{status}: {operation.get('error_message') or 'no message'}"
+
+
+def verdict_of(operation: dict[str, Any]) -> str:
+    """passed, bypassed, gate_failed, failed or cancelled: the words `agent history` uses."""
+    try:
+        return str(history_entry(Operation.model_validate(operation))["verdict"])
+    except ValidationError:  # a record from a newer or older release: its status still says
+        return str(operation.get("status"))
+
+
+def interrupted_text(operation_id: str) -> str:
+    return (
+        f"stopped following {operation_id}; the cycle goes on. "
+        f"Watch it again: ktrdr agent status {operation_id} --follow; "
+        f"cancel it: ktrdr agent cancel {operation_id}"
+    )
 
 
 def _elapsed(operation: dict[str, Any]) -> float:
@@ -155,12 +192,24 @@ def _read(operation_id: str, outage_since: list[float]) -> dict[str, Any] | None
     return record
 
 
+def follow_from_command(operation_id: str, as_json: bool = False) -> int:
+    """`--follow` of `agent trigger` / `agent status`: Ctrl+C leaves the cycle running, and
+    says so (exit 130). `ktrdr demo` follows with `follow_operation`, because there Ctrl+C
+    means "cancel and stop everything"."""
+    try:
+        return follow_operation(operation_id, as_json=as_json)
+    except KeyboardInterrupt:
+        click.echo(interrupted_text(operation_id), err=True)
+        return EXIT_INTERRUPTED
+
+
 def follow_operation(
     operation_id: str, as_json: bool = False, timeout_s: float | None = None
 ) -> int:
     """Watch until the cycle ends; the exit code says how it ended.
 
-    `timeout_s` bounds the wait (FollowTimeout); the cycle itself is left as it is.
+    `timeout_s` bounds the wait (FollowTimeout); the cycle itself is left as it is. Ctrl+C
+    raises KeyboardInterrupt to the caller, which decides what it means.
     """
     console = Console()
     live = not as_json and console.is_terminal and sys.stdout.isatty()
@@ -193,7 +242,7 @@ def follow_operation(
                 break
             next_record()
     if as_json:
-        click.echo(json.dumps(operation, default=str))
+        click.echo(json.dumps({**operation, "verdict": verdict_of(operation)}, default=str))
     else:
         click.echo(verdict_text(operation))
     return 0 if operation["status"] == "completed" else 1

@@ -141,7 +141,11 @@ def test_redis_sigkill_mid_training_under_the_demo_stack_the_cycle_completes(
         jobs = httpx.get(f"{stack.api_url}/api/v1/operations", timeout=5).json()["data"]
 
         assert final["status"] == "completed", final
-        [job] = [job for job in jobs if job["strategy_name"] == name]  # one remote job
+        [job] = [  # one remote training (the backtest is an operation of its own)
+            job
+            for job in jobs
+            if job["strategy_name"] == name and job["operation_type"] == "training"
+        ]
         lag = parse_iso(final["completed_at"]) - parse_iso(job["completed_at"])
         assert stack.supervisor.children["worker"].pid == worker_pid  # it survived
         assert stack.supervisor.restarts == {"redis": 1}

@@ -22,7 +22,7 @@ def _training_id(operation_id: str) -> str | None:
     return workflow.status(operation_id)["metadata"].get("training_operation_id")
 
 
-def test_gate_pass_completes_with_metrics_and_stub_phases(
+def test_gates_pass_completes_with_training_and_backtest_metrics(
     worker: Process, fake_api: FakeTrainingApi, strategies_dir: Path
 ) -> None:
     name = write_strategy(strategies_dir, "cycle_gate_pass")
@@ -40,8 +40,10 @@ def test_gate_pass_completes_with_metrics_and_stub_phases(
     assert meta["gate"]["outcome"] == "passed"
     assert meta["gate"]["metrics"]["accuracy"] == pytest.approx(0.61)
     assert meta["model_path"] == "models/fake/1h_v1"
-    assert meta["backtest"]["stub"] is True and meta["assessment"]["stub"] is True
-    assert "stub" in record["result_summary"]["backtest"]
+    assert meta["backtest_gate"]["outcome"] == "passed"
+    assert meta["backtest"]["trades"] == 6 and meta["assessment"]["stub"] is True
+    assert record["result_summary"]["backtest_gate"] == "passed"
+    assert "stub" in record["result_summary"]["assessment"]
     # The poll re-scheduled itself more than Celery's default max_retries (3) allows.
     assert len(fake_api.calls("GET", f"/api/v1/operations/{meta['training_operation_id']}")) >= 6
     assert fake_api.starts_for(result.operation_id) == 1

@@ -130,7 +130,13 @@ def test_demo_without_tty_reaches_a_verdict_with_model_files_and_leaves_nothing_
     # A real research outcome either way: the gate passed, or it rejected the idea.
     verdict = output.strip().splitlines()
     assert any(
-        line.startswith(("completed: training gate passed", "failed: Training gate failed"))
+        line.startswith(
+            (
+                "completed: training gate passed",
+                "failed: Training gate failed",
+                "failed: Backtest gate failed",
+            )
+        )
         for line in verdict
     ), output
     # No TTY: plain lines, one per change, epochs included while training.

@@ -55,9 +55,11 @@ def test_designed_strategy_trains_and_is_judged(
 ) -> None:
     record = wait_for(workflow.trigger().operation_id, {"completed", "failed"}, timeout=180)
 
-    # Both verdicts are real outcomes; a failure must be the gate's, after real training.
+    # Both verdicts are real outcomes; a failure must be a gate's, after real training.
     if record["status"] == "failed":
-        assert record["error_message"].startswith("Training gate failed:"), record
+        assert record["error_message"].startswith(
+            ("Training gate failed:", "Backtest gate failed:")
+        ), record
     name = record["metadata"]["strategy_name"]
     assert (strategies_dir / f"{name}.yaml").is_file()
     _assert_trained(record, Path(cycle_env["KTRDR_MODELS_DIR"]))

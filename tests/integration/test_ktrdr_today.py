@@ -143,7 +143,12 @@ class Today:
         return list(answer.json()["data"])
 
     def jobs_of(self, strategy: str) -> int:
-        return sum(1 for row in self.operations() if row["strategy_name"] == strategy)
+        """Training jobs of `strategy` (its cycle's backtest is an operation of its own)."""
+        return sum(
+            1
+            for row in self.operations()
+            if row["strategy_name"] == strategy and row["operation_type"] == "training"
+        )
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,9 @@ def test_a_designed_v3_cycle_trains_on_the_reference_host_and_is_judged(
 ) -> None:
     record = wait_for(workflow.trigger().operation_id, {"completed", "failed"}, timeout=240)
     if record["status"] == "failed":  # a real verdict, after real training
-        assert record["error_message"].startswith("Training gate failed:"), record
+        assert record["error_message"].startswith(
+            ("Training gate failed:", "Backtest gate failed:")
+        ), record
     assert record["metadata"]["gate"]["outcome"] in ("passed", "failed")
     name = record["metadata"]["strategy_name"]
     path = strategies_dir / f"{name}.yaml"
@@ -77,7 +79,8 @@ def test_a_designed_v3_cycle_completes_when_the_gate_is_bypassed(
         workflow.trigger(bypass_gates=True).operation_id, {"completed", "failed"}, timeout=240
     )
     assert record["status"] == "completed", record["error_message"]
-    assert record["metadata"]["gate"]["outcome"] == "bypassed"
+    # "bypassed" records a verdict the gate would have failed; a passing one stays "passed".
+    assert record["metadata"]["gate"]["outcome"] in ("passed", "bypassed")
     assert is_v3(load_strategy_file(strategies_dir / f"{record['metadata']['strategy_name']}.yaml"))
     model_dir = _model_dir(record, Path(v3_stack["KTRDR_MODELS_DIR"]))
     assert (model_dir / "metadata_v3.json").is_file()

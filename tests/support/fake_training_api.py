@@ -41,6 +41,31 @@ POOR_RESULT = {
     "test_metrics": {"test_accuracy": 0.31, "test_loss": 1.12},
 }
 
+GOOD_BACKTEST = {
+    "config": {"start_date": "2018-02-02", "end_date": "2018-02-07", "initial_capital": 100000.0},
+    "symbol": "EURUSD",
+    "timeframe": "1h",
+    "strategy_name": "fake",
+    "trade_count": 6,
+    "equity_curve_length": 88,
+    "metrics": {
+        "total_return": 1250.0,
+        "total_return_pct": 0.0125,
+        "sharpe_ratio": 1.2,
+        "max_drawdown": 2100.0,
+        "max_drawdown_pct": 0.021,
+        "win_rate": 0.5,
+        "profit_factor": 1.6,
+        "total_trades": 6,
+        "winning_trades": 3,
+        "losing_trades": 3,
+    },
+}
+POOR_BACKTEST = {
+    **GOOD_BACKTEST,
+    "metrics": {**GOOD_BACKTEST["metrics"], "win_rate": 0.2, "sharpe_ratio": -1.4},
+}
+
 
 @dataclass
 class Behaviour:
@@ -103,6 +128,10 @@ class FakeTrainingApi:
     def __init__(self) -> None:
         self.behaviours: dict[str, Behaviour] = {}
         self.default = Behaviour()
+        # Backtests (`POST /backtests/start`), by strategy name like trainings.
+        self.backtest_behaviours: dict[str, Behaviour] = {}
+        self.backtest_default = Behaviour(polls=2, result=dict(GOOD_BACKTEST))
+        self.backtests: dict[str, Job] = {}  # apart from `jobs`, which are the trainings
         self.jobs: dict[str, Job] = {}
         self.by_task_id: dict[str, str] = {}
         self.requests: list[Request] = []
@@ -168,9 +197,11 @@ class FakeTrainingApi:
                     self.era.drop_start_answers -= 1
                     return 0, None
                 return status, answer
+            if method == "POST" and path == "/api/v1/backtests/start":
+                return self._start_backtest(body)
             if path.startswith("/api/v1/operations/"):
                 op_id = path.rsplit("/", 1)[-1]
-                job = self.jobs.get(op_id)
+                job = self.jobs.get(op_id) or self.backtests.get(op_id)
                 if job is None:
                     return 404, {"detail": f"Operation not found: {op_id}"}
                 if method == "GET":
@@ -212,6 +243,24 @@ class FakeTrainingApi:
             "strategy_name": name,
         }
 
+    def _start_backtest(self, body: Any) -> tuple[int, Any]:
+        # ktrdr: no idempotency key, the id in `operation_id`, every start a new job.
+        if not isinstance(body, dict) or not body.get("strategy_name"):
+            return 422, {"success": False, "error": {"code": "VALIDATION", "message": "bad body"}}
+        name = body["strategy_name"]
+        op_id = f"op_backtesting_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"
+        behaviour = self.backtest_behaviours.get(name, self.backtest_default)
+        self.backtests[op_id] = Job(op_id, name, behaviour)
+        return 200, {
+            "success": True,
+            "operation_id": op_id,
+            "status": "started",
+            "message": f"Backtest started for {name}",
+            "symbol": body.get("symbol"),
+            "timeframe": body.get("timeframe"),
+            "mode": "local",
+        }
+
     def _poll(self, job: Job) -> dict[str, Any]:
         if job.status == "running" and job.polls < self.era.pending_polls:
             job.polls += 1
@@ -235,7 +284,9 @@ class FakeTrainingApi:
         epoch = min(job.polls, total)
         data: dict[str, Any] = {
             "operation_id": job.operation_id,
-            "operation_type": "training",
+            "operation_type": (
+                "backtesting" if job.operation_id.startswith("op_backtesting_") else "training"
+            ),
             "status": job.status,
             "progress": {
                 "percentage": 100.0 * epoch / total,

@@ -18,6 +18,7 @@ PURE = (
     "ktrdr_tasks.steps",
     "ktrdr_tasks.models",
     "ktrdr_tasks.operation_answer",
+    "ktrdr_tasks.backtest",
 )
 IO_MODULES = ("ktrdr_tasks.store", "ktrdr_tasks.training_api", "httpx", "celery", "redis")
 

@@ -19,9 +19,10 @@ from ktrdr_tasks.settings import Settings
 from ktrdr_tasks.steps import Step
 from ktrdr_tasks.store import Store
 from tests.support.cycles import CYCLE_ID, TRAINING_ID, Remote, make_cycle
-from tests.support.fake_training_api import GOOD_RESULT, POOR_RESULT
+from tests.support.fake_training_api import GOOD_BACKTEST, GOOD_RESULT, POOR_RESULT
 
 STRATEGY = "unit_strategy"
+BACKTEST_ID = "op_backtesting_20260101_000000_cafe0001"
 START = "POST /api/v1/trainings/start"
 POLL = f"GET /api/v1/operations/{TRAINING_ID}"
 STRATEGY_YAML = f"""
@@ -362,6 +363,13 @@ def test_every_step_in_table_order_takes_a_cycle_from_queued_to_completed(
 ) -> None:
     make_cycle(store, metadata={"requested_strategy": STRATEGY})
     answer_poll(remote, "completed", result_summary=GOOD_RESULT)
+    backtest = {"operation_id": BACKTEST_ID, "status": "completed", "result_summary": GOOD_BACKTEST}
+    remote.answers["POST /api/v1/backtests/start"] = lambda _: httpx.Response(
+        200, json={"success": True, "operation_id": BACKTEST_ID, "status": "started"}
+    )
+    remote.answers[f"GET /api/v1/operations/{BACKTEST_ID}"] = lambda _: httpx.Response(
+        200, json={"success": True, "data": backtest}
+    )
     seen: list[float] = []
 
     for step in Step:
@@ -375,8 +383,10 @@ def test_every_step_in_table_order_takes_a_cycle_from_queued_to_completed(
     assert record.status is OperationStatus.COMPLETED
     assert seen == sorted(seen) and seen[-1] == 100
     assert record.result_summary["gate"] == "passed"
-    assert record.result_summary["backtest"].startswith("stub")
-    assert len(posts(remote)) == 1
+    assert record.result_summary["backtest_gate"] == "passed"
+    assert record.result_summary["backtest"]["trades"] == 6
+    assert record.result_summary["assessment"].startswith("stub")
+    assert len(posts(remote)) == 2  # one training, one backtest
 
 
 # -- a chain a backend enqueued itself --------------------------------------------------------

@@ -318,6 +318,6 @@ def test_configured_dates_stay_inside_each_reference_dataset() -> None:
     eurusd_design = compose(random.Random(1), eurusd, "2017-05-01", "2018-02-01")
 
     goog_data = goog_design.config["training_data"]
-    assert (goog_data["start_date"], goog_data["end_date"]) == ("2004-08-19", "2013-03-01")
+    assert (goog_data["start_date"], goog_data["end_date"]) == ("2004-08-19", "2011-12-31")
     eurusd_data = eurusd_design.config["training_data"]
     assert (eurusd_data["start_date"], eurusd_data["end_date"]) == ("2017-05-01", "2018-02-01")

@@ -170,3 +170,55 @@ def test_live_view_lists_the_gate_reasons_when_the_gate_failed() -> None:
     assert "accuracy_below_threshold (30.00% < 45%)" in text
     assert "loss_too_high (1.050 > 0.8)" in text
     assert "65 s" in text  # elapsed stops at completion
+
+
+def test_json_final_record_carries_the_verdict(
+    script: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    script += [training(1), gate_failed()]
+    assert follow.follow_operation(OP, as_json=True) == 1
+    final = json.loads(capsys.readouterr().out)
+    assert final["verdict"] == "gate_failed"
+    assert final["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("operation", "verdict"),
+    [(completed(), "passed"), (gate_failed(), "gate_failed"), (record("cancelled"), "cancelled")],
+)
+def test_verdict_words_match_the_history(operation: dict[str, Any], verdict: str) -> None:
+    assert follow.verdict_of(operation) == verdict
+
+
+def test_ctrl_c_reaches_a_caller_of_follow_operation(
+    script: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `ktrdr demo` cancels its cycle and stops its stack on Ctrl+C: it must see it.
+    script += [training(1)]
+
+    def interrupted(_: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(follow.time, "sleep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        follow.follow_operation(OP)
+
+
+def test_ctrl_c_says_the_cycle_goes_on_and_how_to_cancel_it(
+    script: list[Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script += [training(1)]
+
+    def interrupted(_: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(follow.time, "sleep", interrupted)
+
+    assert follow.follow_from_command(OP) == follow.EXIT_INTERRUPTED == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"stopped following {OP}; the cycle goes on. Watch it again: ktrdr agent status {OP} "
+        f"--follow; cancel it: ktrdr agent cancel {OP}"
+    )

@@ -70,3 +70,23 @@ def test_pending_job_says_it_waits_for_a_slot() -> None:
     assert training_progress(RemoteOperation(status="pending"), "s").current_step == (
         "Waiting for a training slot"
     )
+
+
+def test_first_epoch_text_of_todays_ktrdr_does_not_hide_the_real_total() -> None:
+    remote = RemoteOperation(
+        status="running",
+        progress=RemoteProgress(
+            percentage=1, current_step="Epoch 1/1", steps_completed=1, steps_total=40
+        ),
+    )
+    assert epoch_context(remote) == {"epoch": 1, "total_epochs": 40}
+
+
+def test_a_one_epoch_training_keeps_its_total_of_one() -> None:
+    remote = RemoteOperation(
+        status="running",
+        progress=RemoteProgress(
+            percentage=50, current_step="Epoch 1/1", steps_completed=1, steps_total=1
+        ),
+    )
+    assert epoch_context(remote)["total_epochs"] == 1

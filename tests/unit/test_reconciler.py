@@ -92,11 +92,19 @@ def test_stale_polling_cycle_is_resumed_at_its_step_with_a_new_poll_owner(
     assert report == {"resumed": [op.operation_id], "failed": []}
     [(op_id, ids)] = enqueued.chains
     assert op_id == op.operation_id
-    assert sorted(ids) == [Step.POLL_TRAINING, Step.TRAINING_GATE, Step.BACKTEST, Step.ASSESS]
+    assert sorted(ids) == [
+        Step.POLL_TRAINING,
+        Step.TRAINING_GATE,
+        Step.START_BACKTEST,
+        Step.POLL_BACKTEST,
+        Step.BACKTEST_GATE,
+        Step.ASSESS,
+    ]
     after = store.get(op.operation_id)
     assert after.status is OperationStatus.RUNNING
     assert after.bookkeeping.resume_count == 1
     assert after.bookkeeping.poll_task_id == ids[Step.POLL_TRAINING]
+    assert after.bookkeeping.backtest_poll_task_id == ids[Step.POLL_BACKTEST]
     assert set(ids.values()) <= set(after.task_ids) and "t0" in after.task_ids
     # A resume is not progress: "lost since" still counts from the last real heartbeat.
     assert after.heartbeat_at == op.heartbeat_at

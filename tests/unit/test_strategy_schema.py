@@ -422,6 +422,16 @@ def test_validator_alone_accepts_what_only_the_trainer_refuses():
     assert [e.field for e in trainability_errors(config)] == ["fuzzy_sets.rsi_14.mid"]
 
 
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), 0.0, -0.1])
+def test_a_learning_rate_outside_zero_to_infinity_is_a_trainer_error(rate: float):
+    document = example()
+    document["model"]["training"]["learning_rate"] = rate
+    errors = trainability_errors(validate_strategy(document))
+    assert [(e.field, e.message) for e in errors] == [
+        ("model.training.learning_rate", f"must be > 0, got {rate}")
+    ]
+
+
 def test_non_mapping_document_is_rejected():
     with pytest.raises(StrategyValidationError):
         validate_strategy(["not", "a", "mapping"])  # type: ignore[arg-type]

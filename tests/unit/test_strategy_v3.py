@@ -343,6 +343,19 @@ def test_each_listed_mistake_is_refused_with_ktrdrs_message(mistake: str) -> Non
     assert any(message in str(error) for error in caught.value.errors), caught.value.errors
 
 
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), 0.0, -0.1])
+def test_a_learning_rate_outside_zero_to_infinity_is_refused_naming_the_field(
+    rate: float,
+) -> None:
+    document = example()
+    document["training"]["learning_rate"] = rate
+    with pytest.raises(StrategyValidationError) as caught:
+        check_strategy_v3(document, "holdout_rate")
+    assert [(e.field, e.message) for e in caught.value.errors] == [
+        ("training.learning_rate", f"must be > 0, got {rate}")
+    ]
+
+
 def test_a_bad_dot_output_names_the_valid_outputs() -> None:
     document = example(HOLDOUT_V3_MULTI)
     document["fuzzy_sets"]["macd_x"] = {"indicator": "macd_12_26_9.nope", "a": [0, 1, 2]}
