@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -263,20 +263,11 @@ class TrainingConfig(_Open):
     data_split: DataSplit
 
 
-class StrategyConfig(_Open):
-    """A validated ktrdr v2 strategy, with what the chain and the training host read."""
+class TrainingDataReader(_Open):
+    """What every strategy format reads the same way: the data it trains on (v2 and v3)."""
 
-    name: str
-    description: str | None = None
-    version: str
-    scope: Literal["universal", "symbol_group", "symbol_specific"]
-    training_data: TrainingDataConfig
-    deployment: DeploymentConfig
-    indicators: list[IndicatorConfig] = Field(min_length=1)
-    fuzzy_sets: dict[str, dict[str, FuzzySet]]
-    model: ModelConfig
-    decisions: DecisionsConfig
-    training: TrainingConfig
+    if TYPE_CHECKING:
+        training_data: TrainingDataConfig
 
     @property
     def symbols(self) -> list[str]:
@@ -293,6 +284,22 @@ class StrategyConfig(_Open):
     @property
     def end_date(self) -> str | None:
         return self.training_data.end
+
+
+class StrategyConfig(TrainingDataReader):
+    """A validated ktrdr v2 strategy, with what the chain and the training host read."""
+
+    name: str
+    description: str | None = None
+    version: str
+    scope: Literal["universal", "symbol_group", "symbol_specific"]
+    training_data: TrainingDataConfig
+    deployment: DeploymentConfig
+    indicators: list[IndicatorConfig] = Field(min_length=1)
+    fuzzy_sets: dict[str, dict[str, FuzzySet]]
+    model: ModelConfig
+    decisions: DecisionsConfig
+    training: TrainingConfig
 
     @property
     def labels(self) -> LabelsConfig:

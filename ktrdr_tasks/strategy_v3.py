@@ -40,6 +40,7 @@ from ktrdr_tasks.strategy_schema import (
     DeploymentConfig,
     StrategyConfig,
     TrainingDataConfig,
+    TrainingDataReader,
     check_strategy,
     validate_strategy,
 )
@@ -172,7 +173,7 @@ class TrainingV3(_Open):
     data_split: DataSplitV3 = Field(default_factory=DataSplitV3)
 
 
-class StrategyConfigV3(_Open):
+class StrategyConfigV3(TrainingDataReader):
     """A validated ktrdr v3 strategy, with what the chain and the training host read."""
 
     name: str
@@ -192,22 +193,6 @@ class StrategyConfigV3(_Open):
     @property
     def format(self) -> str:
         return "v3"
-
-    @property
-    def symbols(self) -> list[str]:
-        return self.training_data.symbols.names
-
-    @property
-    def timeframes(self) -> list[str]:
-        return self.training_data.timeframes.names
-
-    @property
-    def start_date(self) -> str | None:
-        return self.training_data.start
-
-    @property
-    def end_date(self) -> str | None:
-        return self.training_data.end
 
     @property
     def model_section(self) -> ModelV3:
