@@ -356,6 +356,7 @@ def _training_ended(
             "model_path": remote.result_summary.get("model_path"),
         },
     )
+    log.info("%s training %s completed", op_id, training_id)
     return {"training": "completed"}
 
 
