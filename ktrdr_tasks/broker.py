@@ -15,7 +15,7 @@ detached has no connection to build, which is a connection error, and close() ig
 The messages stay in Redis's unacked set (kept by the AOF) and come back through the
 visibility-timeout sweep once the broker is back, as after any lost connection. It changes
 nothing else: the wrapped method only raises where the original raised AttributeError, so
-URLs (`redis://` in logs and Flower), options and every other path stay kombu's own.
+options and every other path stay kombu's own.
 
 Cheaper per call (`Transport`, which `celeryconfig` selects for `redis://` and `rediss://`
 broker URLs): kombu's Redis channel builds a new `redis.Redis` object (on its shared
@@ -33,9 +33,14 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 _PATCHED = "_ktrdr_detached_check"
+# The name the broker URL shows with this transport (worker banner, logs):
+# `ktrdr-redis://:**@host:port/db` says both what it is and that it is this project's.
+TRANSPORT_NAME = "ktrdr-redis"
+TRANSPORT_ALIASES.setdefault(TRANSPORT_NAME, "ktrdr_tasks.broker:Transport")
 
 
 def _refuse_when_detached(connparams: Callable[..., Any]) -> Callable[..., Any]:

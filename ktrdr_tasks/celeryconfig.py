@@ -17,6 +17,7 @@ Why these values (DESIGN section 4):
 
 from __future__ import annotations
 
+from ktrdr_tasks import broker
 from ktrdr_tasks.settings import get_settings
 
 _settings = get_settings()
@@ -24,7 +25,7 @@ _settings = get_settings()
 broker_url = _settings.redis_url
 if broker_url.startswith(("redis://", "rediss://")):
     # kombu's Redis transport, minus a new client object per call (ktrdr_tasks/broker.py).
-    broker_transport = "ktrdr_tasks.broker:Transport"
+    broker_transport = broker.TRANSPORT_NAME
 broker_connection_retry_on_startup = True
 # rediss:// (TLS): verified by default (KTRDR_REDIS_SSL_CERT_REQS, KTRDR_REDIS_SSL_CA_CERTS).
 if _settings.redis_ssl_options() is not None:

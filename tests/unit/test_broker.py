@@ -46,4 +46,7 @@ def test_a_channel_keeps_one_client_until_kombu_replaces_its_pool(redis_url: str
 def test_celery_uses_it_for_a_redis_broker() -> None:
     from ktrdr_tasks.app import app
 
-    assert app.connection_for_write().transport_cls == "ktrdr_tasks.broker:Transport"
+    connection = app.connection_for_write()
+    assert connection.transport_cls == "ktrdr-redis"
+    assert type(connection.transport) is Transport
+    assert connection.as_uri().startswith("ktrdr-redis://")
