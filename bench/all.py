@@ -175,10 +175,12 @@ def table(results: dict[str, Any]) -> str:
             "|---|---|",
             f"| bare chain, 5 no-op tasks | {1000 * medians['chain5']:.1f} |",
             f"| bare chain, 7 no-op tasks | {1000 * medians['chain7']:.1f} |",
-            f"| research cycle, 7 tasks | {1000 * medians['cycle']:.1f} |",
+            f"| bare chain, 9 no-op tasks | {1000 * medians['chain9']:.1f} |",
+            f"| research cycle, 9 tasks | {1000 * medians['cycle']:.1f} |",
             f"| ratio cycle / 5-task chain | {overhead['overhead_ratio']:.2f} |",
             "| **ratio cycle / 7-task chain** (goal <= 1.5) "
             f"| **{overhead['ratio_vs_chain7']:.2f}** |",
+            f"| ratio cycle / 9-task chain (hop for hop) | {overhead['ratio_vs_chain9']:.2f} |",
             "",
         ]
         bodies = overhead.get("task_bodies_s", {})

@@ -3,7 +3,8 @@
 The cycle is as fast as its remote side allows: `trigger(strategy=...)` with an existing
 strategy (the design step only reads and summarises the file: the "instant designer"), a
 training API whose jobs are done at the first poll, `KTRDR_POLL_INTERVAL_S=0`. Both the cycle
-and the baseline chain (5 no-op tasks, and 7 for a hop-for-hop comparison) run on the same
+and the baseline chains (5 and 7 no-op tasks, the lengths of the cycle's earlier versions, and
+9, hop for hop with today's cycle of 9 steps) run on the same
 redis-server and the same worker, interleaved, one at a time; each is timed from just before
 `trigger()` / `apply_async()` to the end of its last task (recorded by the worker). The last
 line is `overhead_ratio=<median cycle / median 5-task chain>`; goal: <= 1.3.
@@ -135,24 +136,28 @@ def run(args: argparse.Namespace) -> int:
         spy = None
         if args.py_spy:
             spy = profile.record(current.workers[0].popen.pid, 600, args.py_spy)
-        samples: dict[str, list[float]] = {"chain5": [], "chain7": [], "cycle": []}
+        samples: dict[str, list[float]] = {"chain5": [], "chain7": [], "chain9": [], "cycle": []}
         cpu_before = current.worker_cpu_seconds()
         for _ in range(args.cycles):
             samples["chain5"].append(time_chain(current, 5))
             samples["cycle"].append(time_cycle(current, args.strategy))
             samples["chain7"].append(time_chain(current, 7))
+            samples["chain9"].append(time_chain(current, 9))
         cpu = current.worker_cpu_seconds() - cpu_before
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=30)
     medians = {name: statistics.median(values) for name, values in samples.items()}
+    from ktrdr_tasks.steps import Step
+
     ratio = medians["cycle"] / medians["chain5"]
     print(f"worker: {options.describe()}; {args.cycles} of each, interleaved")
     print(f"{'run':<28}{'p50 ms':>10}{'p90 ms':>10}{'min ms':>10}")
     labels = {
         "chain5": "bare chain, 5 no-op tasks",
         "chain7": "bare chain, 7 no-op tasks",
-        "cycle": "research cycle (7 tasks)",
+        "chain9": "bare chain, 9 no-op tasks",
+        "cycle": f"research cycle ({len(Step)} tasks)",
     }
     for name, label in labels.items():
         values = samples[name]
@@ -166,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
         + f"; sum {1000 * sum(steps.values()):.2f}"
     )
     print(f"cycle / 7-task chain: {medians['cycle'] / medians['chain7']:.2f}x")
-    print(f"worker CPU per (cycle + 12 no-op hops): {1000 * cpu / args.cycles:.2f} ms")
+    print(f"cycle / 9-task chain (hop for hop): {medians['cycle'] / medians['chain9']:.2f}x")
+    print(f"worker CPU per (cycle + 21 no-op hops): {1000 * cpu / args.cycles:.2f} ms")
     if args.py_spy:
         print(profile.summarize(args.py_spy))
     write_json(
@@ -178,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             "task_bodies_s": steps,
             "overhead_ratio": ratio,
             "ratio_vs_chain7": medians["cycle"] / medians["chain7"],
+            "ratio_vs_chain9": medians["cycle"] / medians["chain9"],
         },
     )
     print(f"overhead_ratio={ratio:.3f}")

@@ -1,9 +1,13 @@
 """Sampling profiles of the benchmark worker with py-spy, summarised as text.
 
-`record()` starts `py-spy record --format raw` on the worker processes (all pool children
-included) for a fixed time; `summarize()` reads the collapsed stacks and prints where the
-samples fall: inclusive share per function (the frame anywhere on the stack) and self share
-(the innermost frame). py-spy is looked up on PATH and in `PY_SPY`; without it, profiling is
+`record()` starts `py-spy record --gil --format raw` on the worker processes (all pool children
+included) for a fixed time. `--gil` samples only the thread holding the GIL, so the profile is
+where Python code spends CPU: without it, a process descheduled on two busy cores right after
+waking redis-server (a socket send) is sampled there, and `send_packed_command` reads as a
+third of the time while it is waiting. `summarize()` reads the collapsed stacks and prints
+where the samples fall, for the pool processes and the consumer (the main process) apart:
+inclusive share per function (the frame anywhere on the stack) and self share (the innermost
+frame). py-spy is looked up on PATH and in `PY_SPY`; without it, profiling is
 skipped with a note, never a failure.
 """
 
@@ -32,6 +36,7 @@ def record(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | Non
         str(pid),
         "--subprocesses",
         "--nonblocking",
+        "--gil",
         "--rate",
         "200",
         "--format",
@@ -54,24 +59,44 @@ def _frames(stack: str) -> list[str]:
     return frames
 
 
+_POOL_PROCESS = "_create_worker_process"
+# Frames below these (the process's start-up path) are on every sample: they say nothing.
+_LOOPS = ("Worker.workloop", "asynloop")
+
+
+def _work_frames(frames: list[str]) -> list[str]:
+    for index in range(len(frames) - 1, -1, -1):
+        if frames[index].startswith(_LOOPS):
+            return frames[index + 1 :]
+    return [f for f in frames if not f.startswith("process ")]
+
+
 def summarize(path: Path, top: int = 25) -> str:
-    inclusive: Counter[str] = Counter()
-    own: Counter[str] = Counter()
-    total = 0
+    """Shares per function for the pool processes and the consumer, each of its own samples."""
+    inclusive: dict[str, Counter[str]] = {"pool processes": Counter(), "consumer": Counter()}
+    own: dict[str, Counter[str]] = {"pool processes": Counter(), "consumer": Counter()}
+    totals: Counter[str] = Counter()
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         frames = _frames(stack)
-        total += count
-        own[frames[-1]] += count
+        role = "pool processes" if any(_POOL_PROCESS in f for f in frames) else "consumer"
+        frames = _work_frames(frames)
+        totals[role] += count
+        own[role][frames[-1] if frames else "?"] += count
         for frame in set(frames):
-            inclusive[frame] += count
+            inclusive[role][frame] += count
+    total = sum(totals.values())
     if not total:
         return "no samples"
-    lines = [f"{total} samples; inclusive share (function anywhere on the stack):"]
-    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
-    lines.append("self share (innermost frame):")
-    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
+    lines = [f"{total} samples (GIL held)"]
+    for role, samples in totals.most_common():
+        lines.append(f"{role}: {100 * samples / total:.1f}% of the samples; of its own:")
+        lines += [
+            f"  {100 * n / samples:5.1f}%  {name}" for name, n in inclusive[role].most_common(top)
+        ]
+        lines.append("  self (innermost frame):")
+        lines += [f"  {100 * n / samples:5.1f}%  {name}" for name, n in own[role].most_common(top)]
     return "\n".join(lines)

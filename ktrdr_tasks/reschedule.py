@@ -5,12 +5,19 @@ reschedule costs decides how many cycles a worker machine can poll. `Task.retry`
 the message and then raises `Retry` through the worker: `ExceptionInfo` snapshots every
 frame's code positions and formats the traceback, the pickled snapshot crosses the pool's
 pipe, and the worker logs and sends `task-retried`. `reschedule` does only the necessary
-part of `retry`: publish the same message again (`signature_from_request`: same task id, so
-a revoke and Flower still see one task; the rest of the chain attached; `retries` + 1) with
-its countdown, then detach the chain from the current run, so that returning `RESCHEDULED`
-ends it as a plain success that dispatches nothing. The message is acknowledged only after
-the new one is published (acks late): a worker killed in between is redelivered, as with
-`retry`.
+part of `retry`: publish the same message again (same task id, so a revoke and Flower still
+see one task; the rest of the chain attached; `retries` + 1) with its countdown, then detach
+the chain from the current run, so that returning `RESCHEDULED` ends it as a plain success
+that dispatches nothing. The message is acknowledged only after the new one is published
+(acks late): a worker killed in between is redelivered, as with `retry`.
+
+The message is the one this run received, with its new ETA and retry count, published on a
+producer the process keeps (`_republish`). Going through `signature_from_request` and
+`Celery.send_task` costs about 0.9 ms of CPU a poll (configuration lookups, routing, a
+producer taken from the pool, queue declaration, the argument reprs computed again) against
+0.2 ms for the publish itself; a test holds the two messages equal. When something observes
+publishes (a `before_task_publish`/`after_task_publish` receiver, e.g. tracing that adds
+headers), the message takes Celery's own path, so it is seen like any other.
 
 Task events keep Flower truthful at the lowest cost. A task in Flower is final once it
 reads SUCCESS, so the `task-succeeded` of a reschedule is not sent (`StepRequest`, the
@@ -23,10 +30,14 @@ PUBLISH; a waiting poll now sends none.
 
 from __future__ import annotations
 
+import os
+import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
+from celery.signals import after_task_publish, before_task_publish
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 from celery.worker.strategy import default as default_strategy
@@ -45,11 +56,14 @@ def reschedule(task: Task, countdown: float) -> str:
     request = task.request
     if request.called_directly or request.is_eager:
         raise task.retry(countdown=countdown, max_retries=None)
-    again = task.signature_from_request(
-        request, countdown=countdown, retries=(request.retries or 0) + 1
-    )
     try:
-        again.apply_async()
+        if before_task_publish.receivers or after_task_publish.receivers:
+            again = task.signature_from_request(
+                request, countdown=countdown, retries=(request.retries or 0) + 1
+            )
+            again.apply_async()
+        else:
+            _republish(task, countdown)
     except Exception as exc:
         # As `retry` does: the reconciler resumes the cycle from its recorded step.
         raise Reject(exc, requeue=False) from exc
@@ -57,6 +71,93 @@ def reschedule(task: Task, countdown: float) -> str:
     request.chain = None
     request.callbacks = None
     return RESCHEDULED
+
+
+# The headers of Celery's task message (protocol 2, `AMQP.as_task_v2`), as the run's request
+# holds them; `eta` and `retries` are set anew.
+_HEADERS = (
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "expires",
+    "group",
+    "group_index",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+)
+
+
+class _Producers(threading.local):
+    """One producer per process and thread, kept: taking one from the pool costs 0.1 ms."""
+
+    pid: int | None = None
+    producer: Any = None
+
+    def get(self, app: Any) -> Any:
+        if self.producer is None or self.pid != os.getpid():
+            self.producer = app.producer_pool.acquire(block=True)
+            self.pid = os.getpid()
+        return self.producer
+
+    def discard(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None and self.pid == os.getpid():
+            producer.release()
+
+
+_producers = _Producers()
+
+
+def _republish(task: Task, countdown: float) -> None:
+    """Publish the run's own message again, due in `countdown` s, as `retry` would send it."""
+    app, request = task.app, task.request
+    headers = {name: getattr(request, name, None) for name in _HEADERS}
+    headers.update(request.headers or {})  # a caller's custom headers, as Celery keeps them
+    headers["lang"] = headers["lang"] or "py"
+    headers["task"] = headers["task"] or task.name
+    headers["timelimit"] = headers["timelimit"] or [None, None]
+    headers["retries"] = (request.retries or 0) + 1
+    headers["eta"] = (datetime.now(UTC) + timedelta(seconds=countdown)).isoformat()
+    body = (
+        request.args,
+        request.kwargs,
+        {
+            "callbacks": request.callbacks,
+            "errbacks": request.errbacks,
+            "chain": request.chain,
+            "chord": request.chord,
+        },
+    )
+    delivery = request.delivery_info or {}
+    exchange = delivery.get("exchange") or ""
+    routing_key = delivery.get("routing_key") or app.conf.task_default_queue
+    producer = _producers.get(app)
+    try:
+        producer.publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            serializer=app.conf.task_serializer,
+            headers=headers,
+            correlation_id=request.id,
+            reply_to=request.reply_to or "",
+            priority=delivery.get("priority"),
+            delivery_mode=2,
+            retry=True,
+            retry_policy=app.conf.task_publish_retry_policy,
+        )
+    except Exception:
+        _producers.discard()  # its connection may be the broken part
+        raise
 
 
 class StepRequest(Request):

@@ -7,7 +7,8 @@ cycle with the service's own message); 404 on an operation is `OperationNotFound
 
 Every request has a total deadline (`timeout_s`, KTRDR_API_TIMEOUT_S): httpx bounds each read,
 so a peer that drips one byte every 2 s would otherwise hold a request, and a worker slot,
-for ever. Overrunning it is a `TransientApiError` like any timeout, so it counts against the
+for ever. The transport (`http_transport`, on `http.client`) keeps it, at a third of the CPU
+of httpx's own. Overrunning it is a `TransientApiError` like any timeout, so it counts against the
 cycle's error budget. Operation answers are read member by member (`operation_answer`):
 `data.metrics`, which grows with every epoch, is never parsed.
 
@@ -23,10 +24,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import httpcore
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 from tenacity import (
@@ -43,6 +43,7 @@ from ktrdr_tasks.errors import (
     TrainingApiError,
     TransientApiError,
 )
+from ktrdr_tasks.http_transport import Deadline, KeepAliveTransport
 from ktrdr_tasks.metrics import count_api_errors
 from ktrdr_tasks.operation_answer import read_operation_answer
 
@@ -142,103 +143,6 @@ def error_message_from(response: httpx.Response) -> str:
     return json.dumps(body)[:300]
 
 
-class _Deadline(threading.local):
-    """The monotonic deadline of the request this thread is sending (None: no request)."""
-
-    at: float | None = None
-
-    def remaining(
-        self, timeout: float | None, overrun: type[Exception] = httpcore.ReadTimeout
-    ) -> float | None:
-        """The per-operation timeout shortened to what is left; raises when nothing is."""
-        if self.at is None:
-            return timeout
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise overrun("the request's total deadline passed")
-        return left if timeout is None else min(timeout, left)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A socket whose every connect, read and write ends by the request's deadline."""
-
-    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
-        self._stream, self._deadline = stream, deadline
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, self._deadline.remaining(timeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, self._deadline.remaining(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self,
-        ssl_context: Any,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        left = self._deadline.remaining(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(
-            self._stream.start_tls(ssl_context, server_hostname, left), self._deadline
-        )
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    def __init__(self, deadline: _Deadline) -> None:
-        self._backend, self._deadline = httpcore.SyncBackend(), deadline
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        stream = self._backend.connect_tcp(
-            host,
-            port,
-            self._deadline.remaining(timeout, httpcore.ConnectTimeout),
-            local_address,
-            socket_options,
-        )
-        return _DeadlineStream(stream, self._deadline)
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        stream = self._backend.connect_unix_socket(
-            path, self._deadline.remaining(timeout, httpcore.ConnectTimeout), socket_options
-        )
-        return _DeadlineStream(stream, self._deadline)
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-def _deadline_transport(limits: httpx.Limits, deadline: _Deadline) -> httpx.HTTPTransport:
-    """httpx's own transport over sockets that keep the request's total deadline.
-
-    httpx has no total timeout and no public hook below the transport, so its connection pool
-    is rebuilt with the same limits on a network backend that does.
-    """
-    transport = httpx.HTTPTransport(limits=limits)
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=transport._pool._ssl_context,  # httpx's verified default, kept
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=_DeadlineBackend(deadline),
-    )
-    return transport
-
-
 def _may_have_arrived(error: TransientApiError) -> bool:
     """Whether a failed start may still have started a job on the service.
 
@@ -266,12 +170,11 @@ class TrainingApiClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        self._deadline = _Deadline()
-        limits = httpx.Limits(max_connections=50, max_keepalive_connections=20)
+        self._deadline = Deadline()
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
-            transport=transport or _deadline_transport(limits, self._deadline),
+            transport=transport or KeepAliveTransport(self._deadline),
             headers={"user-agent": "ktrdr-tasks"},
         )
 

@@ -92,5 +92,10 @@ def test_in_the_chain_only_store_imports_redis_and_only_training_api_imports_htt
     # The LLM designer talks HTTP to Anthropic's API, not to the training service.
     assert sorted(name for name in chain if "httpx" in edges[name]) == [
         "ktrdr_tasks.design.llm",
+        "ktrdr_tasks.http_transport",
         "ktrdr_tasks.training_api",
+    ]
+    # The transport is the training client's own: nothing else sends through it.
+    assert sorted(name for name in edges if "ktrdr_tasks.http_transport" in edges[name]) == [
+        "ktrdr_tasks.training_api"
     ]

@@ -135,3 +135,34 @@ def test_a_long_epochs_history_after_everything_needed_is_not_read_to_its_end() 
     got = read_operation_answer(endless(), **LIMITS)
     assert got["data"]["metrics"] == {} and got["data"]["status"] == "running"
     assert len(sent) < 100_000
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"epochs": [{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": 0.7}]},
+        [{"epoch": 1, "train_loss": 0.9}],  # today's ktrdr: a list
+        {"loss": [0.9, 0.7]},
+        None,
+    ],
+)
+def test_a_small_answer_decoded_whole_reads_as_the_walk_reads_it(
+    metrics: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = json.dumps({"success": True, "data": {**RUNNING, "metrics": metrics, "after": 1}})
+    whole = read(text, 4096)
+
+    monkeypatch.setattr("ktrdr_tasks.operation_answer.WHOLE_ANSWER_BYTES", 0)
+    walked = read(text, 4096)
+
+    assert whole["data"]["metrics"] == walked["data"].get("metrics", {})
+    assert {k: v for k, v in whole["data"].items() if k not in ("metrics", "after")} == {
+        k: v for k, v in walked["data"].items() if k not in ("metrics", "after")
+    }
+
+
+def test_a_small_answer_the_decoder_refuses_is_walked() -> None:
+    # A metrics list the C decoder refuses (a trailing comma) is skipped, never decoded.
+    text = '{"data": {"status": "running", "progress": {}, "error_message": null, '
+    text += '"result_summary": null, "metrics": [{"epoch": 1},]}}'
+    assert read(text, 4096)["data"]["status"] == "running"

@@ -5,6 +5,7 @@ task with the rest of the chain, and only a task's real outcomes become events."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from celery import Celery, Task
 from celery.contrib.testing.mocks import TaskMessage
 from celery.exceptions import Retry
+from celery.signals import before_task_publish
 from celery.utils.saferepr import saferepr
 
 from ktrdr_tasks.reschedule import RESCHEDULED, StepRequest, reschedule, step_strategy
@@ -97,6 +99,78 @@ def test_called_directly_reschedule_raises_retry_and_publishes_nothing(app: Cele
         app.tasks["test.poll"]("op-1")
 
     assert published(app) == []
+
+
+def context_of(message: Any) -> dict[str, Any]:
+    """The request a worker's pool process builds from a received message (`trace_task`)."""
+    args, kwargs, embed = message.decode()
+    return {
+        **message.headers,
+        "delivery_info": message.delivery_info,
+        "reply_to": message.properties.get("reply_to"),
+        "correlation_id": message.properties.get("correlation_id"),
+        "args": args,
+        "kwargs": kwargs,
+        "called_directly": False,
+        "is_eager": False,
+        **embed,
+    }
+
+
+def rescheduled_from(app: Celery, context: dict[str, Any]) -> Any:
+    task = app.tasks["test.poll"]
+    task.push_request(**context)
+    try:
+        task.run("op-1")
+    finally:
+        task.pop_request()
+    [message] = published(app)
+    return message
+
+
+def test_the_republished_message_is_the_one_celerys_own_path_sends(app: Celery) -> None:
+    rest = app.signature("test.next", args=("op-1",), immutable=True)
+    first = app.signature("test.poll", args=("op-1",), immutable=True)
+    (first | rest).apply_async(
+        task_id="poll-1", root_id="root-1", parent_id="parent-1", headers={"tenant": "t1"}
+    )
+    [received] = published(app)
+    context = context_of(received)
+
+    lean = rescheduled_from(app, context)
+    # A publish observer sends the message through Celery's `signature_from_request` instead.
+    observed: list[str] = []
+
+    def observe(sender: str = "", **_: Any) -> None:
+        observed.append(sender)
+
+    before_task_publish.connect(observe, weak=False)
+    try:
+        celerys = rescheduled_from(app, context)
+    finally:
+        before_task_publish.disconnect(observe)
+
+    assert observed == ["test.poll"]
+    lean_headers, celery_headers = dict(lean.headers), dict(celerys.headers)
+    assert lean_headers.pop("eta") and celery_headers.pop("eta")
+    assert lean_headers == celery_headers
+    assert lean_headers["retries"] == received.headers["retries"] + 1
+    assert lean_headers["tenant"] == "t1"
+    assert lean.decode() == celerys.decode()
+    assert lean.delivery_info["routing_key"] == celerys.delivery_info["routing_key"] == QUEUE
+    for name in ("correlation_id", "reply_to"):
+        assert lean.properties.get(name) == celerys.properties.get(name)
+
+
+def test_the_republished_message_is_due_after_its_countdown(app: Celery) -> None:
+    app.signature("test.poll", args=("op-1",)).apply_async(task_id="poll-1")
+    [received] = published(app)
+
+    before = datetime.now(UTC)
+    again = rescheduled_from(app, context_of(received))
+
+    eta = datetime.fromisoformat(again.headers["eta"])
+    assert before + timedelta(seconds=5) <= eta <= datetime.now(UTC) + timedelta(seconds=5)
 
 
 class Eventer:
