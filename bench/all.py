@@ -6,9 +6,10 @@ poll lag against N (`--plot`, default docs/poll_lag.png; needs matplotlib, the `
 extra). Nothing here fails on a number: the goals are printed beside the results.
 Worker configurations (`CONFIGS`): `default` (the project's default worker command),
 `before` (the worker as configured before the cheaper countdown: Celery's retry, every task
-event, kombu's own transport, no hiredis), `before-tuned` (the best polling worker of that
-time) and `prefork4`; `--configs default,before` (the default) gives each figure with its
-same-run baseline.
+event, kombu's own transport, no hiredis, httpx's transport), `previous` (the default worker
+re-publishing through Celery's `send_task`, on httpx's transport), `before-tuned` (the best
+polling worker of that time), `prefork3`, `prefork2` and `threads2x8`;
+`--configs default,before` (the default) gives each figure with its same-run baseline.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 # The worker as it was before the cheaper countdown: Celery's retry, every event, kombu's own
-# transport, redis-py's pure-Python parser (the store's fused calls cannot be switched off).
+# transport, redis-py's pure-Python parser, httpx's own HTTP transport (the store's fused calls
+# and the whole-answer decode cannot be switched off).
 _BEFORE = [
     "--reschedule",
     "retry",
@@ -33,6 +35,8 @@ _BEFORE = [
     "BENCH_BROKER=kombu",
     "--worker-env",
     "BENCH_HIREDIS=0",
+    "--worker-env",
+    "BENCH_HTTP=httpx",
 ]
 CONFIGS = {
     # The project's default worker command (Procfile, compose, README).
@@ -42,6 +46,13 @@ CONFIGS = {
     # Two single-core nodes of threads (one per core: two worker commands).
     "threads2x8": ["--pool", "threads", "--concurrency", "8", "--workers", "2"],
     "before": ["--pool", "prefork", "--concurrency", "2", "--workers", "1", *_BEFORE],
+    # The default worker with the countdown re-published through Celery's send_task and the
+    # training client on httpx's own transport: the project before the kept producer and
+    # `http_transport`.
+    "previous": [
+        *["--pool", "prefork", "--concurrency", "4", "--workers", "1"],
+        *["--worker-env", "BENCH_REPUBLISH=celery", "--worker-env", "BENCH_HTTP=httpx"],
+    ],
     "before-tuned": [
         "--pool",
         "prefork",
@@ -229,8 +240,10 @@ def table(results: dict[str, Any]) -> str:
         if first:
             first = False
             lines += [
-                f"| floor: httpx GET + one Redis write | {per_poll['floor_wall_us']:.0f} "
+                f"| floor: http.client GET + one Redis write | {per_poll['floor_wall_us']:.0f} "
                 f"| {per_poll['floor_cpu_us']:.0f} |",
+                f"| same with httpx's default transport | {per_poll['httpx_floor_wall_us']:.0f} "
+                f"| {per_poll['httpx_floor_cpu_us']:.0f} |",
                 "| poll step, separate Redis calls (5 round trips) "
                 f"| {per_poll['separate_wall_us']:.0f} | {per_poll['separate_cpu_us']:.0f} |",
                 f"| poll step in-process (2 round trips) | {per_poll['step_wall_us']:.0f} "

@@ -1,7 +1,10 @@
 """Per-poll cost: the floor, the poll step's own work, and the same poll run through Celery.
 
-1. floor: one `httpx` GET of an operation from the fast API plus one Redis `HSET`, in a
-   plain loop (a shared client and connection each, as the worker has);
+1. floor: one GET of an operation from the fast API with the standard library's
+   `http.client` (a kept connection, the answer read whole and decoded by `json.loads`) plus
+   one Redis `HSET`, in a plain loop: the least a poll can do. The same with an `httpx`
+   client on its default transport is the floor as measured before the training client got
+   its own transport (`ktrdr_tasks/http_transport.py`);
 2. poll step, separate calls (the same-run baseline): what the runner did before its Redis
    calls were fused, from the store's public calls: `acquire_lease`, `enter_step`, `get`, the
    poll (`cycle.run_poll_training`), `update`, `release_lease`: 5 Redis round trips;
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import http.client
 import io
+import json
 import pstats
 import time
 import uuid
@@ -32,7 +37,8 @@ from bench import polling
 from bench.stack import add_worker_arguments, stack, write_json
 
 ROWS = {
-    "floor": "floor: httpx GET + one Redis HSET, plain loop",
+    "floor": "floor: http.client GET + one Redis HSET, plain loop",
+    "httpx_floor": "same with httpx's default transport",
     "separate": "poll step, separate Redis calls (5 round trips)",
     "step": "poll step in-process (2 round trips)",
     "publish": "re-publish of the poll message (reschedule)",
@@ -81,7 +87,16 @@ def measure_in_process(loops: int, profile: bool) -> dict[str, Any]:
         httpx.post(f"{settings.api_url}/bench/jobs", json={"jobs": [[training_id, time.time()]]})
         key = f"bench:floor:{op_id}"  # not the record: its fields are the store's to decode
 
+        url = httpx.URL(settings.api_url)
+        plain = http.client.HTTPConnection(url.host, url.port)
+        plain_path = f"/api/v1/operations/{training_id}"
+
         def floor() -> None:
+            plain.request("GET", plain_path, headers={"accept": "application/json"})
+            answer = json.loads(plain.getresponse().read())
+            store.redis.hset(key, "status", answer["data"]["status"])
+
+        def httpx_floor() -> None:
             answer = client.get(f"/api/v1/operations/{training_id}")
             store.redis.hset(key, "status", answer.content[:32])
 
@@ -116,7 +131,12 @@ def measure_in_process(loops: int, profile: bool) -> dict[str, Any]:
                 poll_task.pop_request()
 
         result: dict[str, Any] = {}
-        for name, body in (("floor", floor), ("separate", separate), ("step", step)):
+        for name, body in (
+            ("floor", floor),
+            ("httpx_floor", httpx_floor),
+            ("separate", separate),
+            ("step", step),
+        ):
             result[f"{name}_wall_us"], result[f"{name}_cpu_us"] = _timed(loops, body)
         result["publish_wall_us"], result["publish_cpu_us"] = _timed(loops, publish)
         store.redis.delete(queue)

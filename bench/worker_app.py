@@ -15,7 +15,12 @@ Knobs the benchmark compares, from the environment:
 - `BENCH_RESCHEDULE`: `publish` (the project's `reschedule`), `retry` (Celery's
   `Task.retry`, raised through the worker, as before `reschedule` existed: the same-run
   baseline of the countdown) or `ignore` (re-publish, then end the run with `Ignore`);
-- `BENCH_BROKER=kombu`: kombu's own Redis transport instead of `ktrdr_tasks.broker`'s.
+- `BENCH_BROKER=kombu`: kombu's own Redis transport instead of `ktrdr_tasks.broker`'s;
+- `BENCH_HTTP=httpx`: the training client on httpx's default transport (httpcore and h11)
+  instead of `ktrdr_tasks.http_transport`;
+- `BENCH_REPUBLISH=celery`: a reschedule re-publishes through Celery's `signature_from_request`
+  and `send_task` (a no-op `before_task_publish` receiver sends it there, as any publish
+  observer does) instead of on the kept producer.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
-from celery.signals import task_postrun, worker_ready
+from celery.signals import before_task_publish, task_postrun, worker_ready
 
 import ktrdr_tasks.tasks
 from ktrdr_tasks.app import app
@@ -45,6 +50,23 @@ RESCHEDULE = os.environ.get("BENCH_RESCHEDULE", "publish")
 
 if os.environ.get("BENCH_BROKER") == "kombu":
     app.conf.broker_transport = None
+
+if os.environ.get("BENCH_HTTP") == "httpx":
+    import httpx
+
+    from ktrdr_tasks import training_api
+
+    def _httpx_transport(_deadline: Any) -> httpx.BaseTransport:
+        return httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=20))
+
+    training_api.KeepAliveTransport = _httpx_transport  # type: ignore[assignment,misc]
+
+if os.environ.get("BENCH_REPUBLISH") == "celery":
+
+    @before_task_publish.connect(weak=False)
+    def _observe_publish(**_: Any) -> None:
+        return None
+
 
 if EVENTS == "off":
     app.conf.worker_send_task_events = False
