@@ -203,9 +203,10 @@ def table(results: dict[str, Any]) -> str:
                 "",
             ]
     lines += [
-        "| worker | N | lag p50 s | lag p99 s | detect p99 s | RSS KB/cycle | Redis KB/cycle "
-        "| worker CPU us/poll | outcome | remote jobs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| worker | N | lag p50 s | lag p99 s | lag p99 s, all waiting | detect p99 s "
+        "| RSS KB/cycle | Redis KB/cycle "
+        "| worker CPU us/poll | outcome | trainings + backtests / cycles |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     slopes: list[str] = []
     for config, runs in results["polling"].items():
@@ -221,9 +222,14 @@ def table(results: dict[str, Any]) -> str:
             if "lag_p99_s" not in r:
                 lines.append(f"| {config} | ? | failed: {r.get('error', '')[-80:]} |")
                 continue
-            jobs = f"{r.get('remote_jobs', '?')}/{r.get('remote_jobs_expected', '?')}"
+            backtests = r.get("remote_backtests", 0)
+            jobs = (
+                f"{r.get('remote_jobs', 0) - backtests} + {backtests} / "
+                f"{r.get('remote_jobs_expected', '?')}"
+            )
             lines.append(
                 f"| {config} | {r['cycles']} | {r['lag_p50_s']:.3f} | {r['lag_p99_s']:.3f} "
+                f"| {r.get('waiting_lag_p99_s', float('nan')):.3f} "
                 f"| {r['detect_p99_s']:.2f} | {r.get('rss_per_cycle_kb', float('nan')):.1f} "
                 f"| {r.get('redis_per_cycle_kb', float('nan')):.1f} "
                 f"| {r.get('worker_cpu_us_per_poll', float('nan')):.0f} | {r['statuses']} "

@@ -275,8 +275,12 @@ def run_polling(args: argparse.Namespace) -> dict[str, Any]:
             "job_seconds": args.job_seconds,
             "worker": options.describe(),
             "statuses": statuses,
-            # Every job was registered by the benchmark: any other is a second start.
+            # Every training was registered by the benchmark: any other is a second start;
+            # each cycle then starts one backtest.
             "remote_jobs": len(jobs),
+            "remote_backtests": sum(
+                1 for job in jobs if str(job.get("operation_id", "")).startswith("op_backtesting_")
+            ),
             "remote_jobs_expected": count + WARMUP_CYCLES,
             "remote_cancels": sum(1 for job in jobs if job.get("cancelled")),
             "create_seconds": setup["create_seconds"],
@@ -301,8 +305,9 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"setup: records {result['create_seconds']:.1f} s, enqueue "
         f"{result['enqueue_seconds']:.1f} s; outcome {result['statuses']}; remote jobs "
-        f"{result['remote_jobs']} for {result['remote_jobs_expected']} cycles (warm-up included), "
-        f"{result['remote_cancels']} cancelled"
+        f"{result['remote_jobs'] - result['remote_backtests']} trainings and "
+        f"{result['remote_backtests']} backtests for {result['remote_jobs_expected']} cycles "
+        f"(warm-up included), {result['remote_cancels']} cancelled"
     )
     print(
         f"polls {result['polls']}: lag p50 {result['lag_p50_s']:.3f} s, p99 "
