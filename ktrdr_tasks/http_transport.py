@@ -138,9 +138,10 @@ class _Body(httpx.SyncByteStream):
     def _drained(self) -> bool:
         """Whether the answer is read to its end, reading a small rest now.
 
-        A poll's reader stops once it has what the chain needs (`operation_answer`); the few
-        bytes after that are read here so the connection can serve the next poll, rather than
-        a new connection per poll (a TCP connect and close, 0.1-0.2 ms of CPU each side).
+        A reader may stop once it has what it needs (a poll's, in a long answer:
+        `operation_answer`); a small rest is read here so the connection serves the next
+        request, rather than a new connection for it (a TCP connect and close, 0.1-0.2 ms of
+        CPU on each side).
         """
         response = self._response
         left = DRAIN_LIMIT
