@@ -7,8 +7,8 @@ waking redis-server (a socket send) is sampled there, and `send_packed_command` 
 third of the time while it is waiting. `summarize()` reads the collapsed stacks and prints
 where the samples fall, for the pool processes and the consumer (the main process) apart:
 inclusive share per function (the frame anywhere on the stack) and self share (the innermost
-frame). py-spy is looked up on PATH and in `PY_SPY`; without it, profiling is
-skipped with a note, never a failure.
+frame). py-spy (the `bench` extra) is looked up in `PY_SPY`, on PATH and next to this
+Python; without it, profiling is skipped with a note, never a failure.
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 
 def py_spy_binary() -> str | None:
-    return os.environ.get("PY_SPY") or shutil.which("py-spy")
+    beside = Path(sys.executable).parent / "py-spy"  # the `bench` extra's, in this venv
+    if os.environ.get("PY_SPY"):
+        return os.environ["PY_SPY"]
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
 
 
 def record(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
