@@ -30,6 +30,7 @@ PUBLISH; a waiting poll now sends none.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from datetime import UTC, datetime, timedelta
@@ -97,21 +98,29 @@ _HEADERS = (
 
 
 class _Producers(threading.local):
-    """One producer per process and thread, kept: taking one from the pool costs 0.1 ms."""
+    """One producer per process, thread and producer pool, kept: taking one costs 0.1 ms.
+
+    Keyed by the app's producer pool, so another app (or the same app after its broker
+    changed and its pools were rebuilt) never publishes on a producer of the old broker.
+    """
 
     pid: int | None = None
+    pool: Any = None
     producer: Any = None
 
     def get(self, app: Any) -> Any:
-        if self.producer is None or self.pid != os.getpid():
-            self.producer = app.producer_pool.acquire(block=True)
-            self.pid = os.getpid()
+        pool = app.producer_pool
+        if self.producer is None or self.pid != os.getpid() or self.pool is not pool:
+            self.discard()
+            self.producer = pool.acquire(block=True)
+            self.pid, self.pool = os.getpid(), pool
         return self.producer
 
     def discard(self) -> None:
         producer, self.producer = self.producer, None
         if producer is not None and self.pid == os.getpid():
-            producer.release()
+            with contextlib.suppress(Exception):  # a pool closed meanwhile
+                producer.release()
 
 
 _producers = _Producers()

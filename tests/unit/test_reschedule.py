@@ -16,7 +16,13 @@ from celery.exceptions import Retry
 from celery.signals import before_task_publish
 from celery.utils.saferepr import saferepr
 
-from ktrdr_tasks.reschedule import RESCHEDULED, StepRequest, reschedule, step_strategy
+from ktrdr_tasks.reschedule import (
+    RESCHEDULED,
+    StepRequest,
+    _producers,
+    reschedule,
+    step_strategy,
+)
 
 QUEUE = "steps"
 
@@ -250,3 +256,30 @@ def test_only_the_first_message_of_a_task_says_it_was_received(
     handle(message, None, lambda *_: None, lambda *_: None, [])
 
     assert eventer.sent == events
+
+
+def test_a_reschedule_publishes_on_a_producer_of_its_own_app(app: Celery) -> None:
+    other = Celery("reschedule-other", broker="memory://", set_as_current=False)
+    other.conf.task_default_queue = QUEUE
+
+    @other.task(bind=True, name="test.poll")
+    def other_poll(self: Task, operation_id: str) -> str:
+        return reschedule(self, 5)
+
+    run_in_worker(app)
+    assert _producers.pool is app.producer_pool  # kept for the next poll of this app
+
+    other_poll.push_request(
+        id="poll-2",
+        args=["op-2"],
+        kwargs={},
+        called_directly=False,
+        delivery_info={"exchange": "", "routing_key": QUEUE},
+    )
+    try:
+        other_poll.run("op-2")
+    finally:
+        other_poll.pop_request()
+
+    assert _producers.pool is other.producer_pool
+    assert sorted(m.headers["id"] for m in published(app)) == ["poll-1", "poll-2"]
