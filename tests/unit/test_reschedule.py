@@ -259,7 +259,7 @@ def test_only_the_first_message_of_a_task_says_it_was_received(
 
 
 def test_a_reschedule_publishes_on_a_producer_of_its_own_app(app: Celery) -> None:
-    other = Celery("reschedule-other", broker="memory://", set_as_current=False)
+    other = Celery("reschedule-other", broker="memory://localhost/other", set_as_current=False)
     other.conf.task_default_queue = QUEUE
 
     @other.task(bind=True, name="test.poll")
@@ -282,4 +282,5 @@ def test_a_reschedule_publishes_on_a_producer_of_its_own_app(app: Celery) -> Non
         other_poll.pop_request()
 
     assert _producers.pool is other.producer_pool
+    # kombu's in-memory broker holds one set of queues per process, whatever the URL.
     assert sorted(m.headers["id"] for m in published(app)) == ["poll-1", "poll-2"]
