@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -97,24 +98,37 @@ _HEADERS = (
 )
 
 
-class _Producers(threading.local):
-    """One producer per process, thread and producer pool, kept: taking one costs 0.1 ms.
+class _Producers:
+    """The main thread's producer, kept per process and producer pool: taking one costs 0.1 ms.
 
-    Keyed by the app's producer pool, so another app (or the same app after its broker
-    changed and its pools were rebuilt) never publishes on a producer of the old broker.
+    Only the main thread keeps one (a prefork pool process, a solo worker): the pool lends at
+    most `broker_pool_limit` producers, so threads (a threads pool, greenlets) that each kept
+    one would exhaust it, and every later publish of the process would wait for ever. They
+    take one per publish and give it back. Keyed by the app's producer pool, so another app
+    (or the same app after its broker changed and its pools were rebuilt) never publishes on
+    a producer of the old broker.
     """
 
     pid: int | None = None
     pool: Any = None
     producer: Any = None
 
-    def get(self, app: Any) -> Any:
+    @contextlib.contextmanager
+    def lent(self, app: Any) -> Iterator[Any]:
         pool = app.producer_pool
+        if threading.current_thread() is not threading.main_thread():
+            with pool.acquire(block=True) as producer:
+                yield producer
+            return
         if self.producer is None or self.pid != os.getpid() or self.pool is not pool:
             self.discard()
             self.producer = pool.acquire(block=True)
             self.pid, self.pool = os.getpid(), pool
-        return self.producer
+        try:
+            yield self.producer
+        except BaseException:
+            self.discard()  # its connection may be the broken part
+            raise
 
     def discard(self) -> None:
         producer, self.producer = self.producer, None
@@ -149,8 +163,7 @@ def _republish(task: Task, countdown: float) -> None:
     delivery = request.delivery_info or {}
     exchange = delivery.get("exchange") or ""
     routing_key = delivery.get("routing_key") or app.conf.task_default_queue
-    producer = _producers.get(app)
-    try:
+    with _producers.lent(app) as producer:
         producer.publish(
             body,
             exchange=exchange,
@@ -161,12 +174,9 @@ def _republish(task: Task, countdown: float) -> None:
             reply_to=request.reply_to or "",
             priority=delivery.get("priority"),
             delivery_mode=2,
-            retry=True,
+            retry=app.conf.task_publish_retry,
             retry_policy=app.conf.task_publish_retry_policy,
         )
-    except Exception:
-        _producers.discard()  # its connection may be the broken part
-        raise
 
 
 class StepRequest(Request):

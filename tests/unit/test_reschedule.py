@@ -4,6 +4,7 @@ task with the rest of the chain, and only a task's real outcomes become events."
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -284,3 +285,18 @@ def test_a_reschedule_publishes_on_a_producer_of_its_own_app(app: Celery) -> Non
     assert _producers.pool is other.producer_pool
     # kombu's in-memory broker holds one set of queues per process, whatever the URL.
     assert sorted(m.headers["id"] for m in published(app)) == ["poll-1", "poll-2"]
+
+
+def test_reschedules_in_threads_give_their_producers_back(app: Celery) -> None:
+    # A threads pool: were each thread to keep a producer, the pool's ten would be gone after
+    # ten threads, and every later publish of the process would wait for ever.
+    def one_poll(index: int) -> None:
+        run_in_worker(app, id=f"poll-{index}")
+
+    for index in range(12):
+        thread = threading.Thread(target=one_poll, args=(index,))
+        thread.start()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), f"reschedule {index} waited for a producer"
+
+    assert len(published(app)) == 12
