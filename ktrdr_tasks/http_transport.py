@@ -88,10 +88,11 @@ class _DeadlineSocket:
     def peer_has_spoken(self) -> bool:
         """Whether the idle connection is readable: closed by the peer, or sent unasked bytes."""
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            poller = select.poll()  # `select.select` refuses descriptors above 1023
+            poller.register(self.sock, select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
 
 class _Connection:
@@ -116,8 +117,9 @@ class _Body(httpx.SyncByteStream):
         self._response, self._connection, self._pool = response, connection, pool
 
     def __iter__(self) -> Iterator[bytes]:
+        response = self._response
         try:
-            while chunk := self._response.read1(READ_CHUNK):
+            while chunk := response.read1(READ_CHUNK):
                 yield chunk
         except httpx.TimeoutException:
             raise
@@ -125,6 +127,7 @@ class _Body(httpx.SyncByteStream):
             raise httpx.ReadTimeout(str(exc) or "timed out reading the answer") from exc
         except (http.client.HTTPException, OSError) as exc:
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
+        _check_complete(response)
 
     def close(self) -> None:
         response, connection = self._response, self._connection
@@ -159,8 +162,22 @@ class _Body(httpx.SyncByteStream):
 
 
 def _read_whole(response: http.client.HTTPResponse) -> bool:
-    # `http.client` closes a Content-Length answer only on a read past its end.
-    return response.isclosed() or response.length == 0
+    # `http.client` closes a Content-Length answer only on a read past its end, and closes
+    # one the peer cut short too (with `length` still above 0).
+    return response.length == 0 or (response.isclosed() and not response.length)
+
+
+def _check_complete(response: http.client.HTTPResponse) -> None:
+    """A body the peer cut short is a protocol error, as httpx's own transport says.
+
+    `read1` ends such a body with b"" like a complete one: without this, half an answer would
+    reach the decoder, and a start the service took would read as a permanent refusal.
+    """
+    if response.length:
+        raise httpx.RemoteProtocolError(
+            f"peer closed connection without sending complete message body "
+            f"({response.length} bytes missing)"
+        )
 
 
 class KeepAliveTransport(httpx.BaseTransport):
@@ -231,8 +248,12 @@ class KeepAliveTransport(httpx.BaseTransport):
             if scheme == "https":
                 context = self._ssl_context or httpx.create_ssl_context()
                 self._ssl_context = context
-                sock.settimeout(self._deadline.remaining(timeout, httpx.ConnectTimeout))
-                sock = context.wrap_socket(sock, server_hostname=host)
+                try:
+                    sock.settimeout(self._deadline.remaining(timeout, httpx.ConnectTimeout))
+                    sock = context.wrap_socket(sock, server_hostname=host)
+                except BaseException:
+                    sock.close()
+                    raise
         except httpx.TimeoutException:
             raise
         except TimeoutError as exc:
@@ -253,15 +274,22 @@ class KeepAliveTransport(httpx.BaseTransport):
         try:
             self._send(connection, request)
             response = self._receive(connection, request)
+            return httpx.Response(
+                status_code=response.status,
+                # http.client decoded them as latin-1; httpx takes bytes as they came.
+                headers=[
+                    (name.encode("latin-1"), value.encode("latin-1"))
+                    for name, value in response.getheaders()
+                ],
+                stream=_Body(response, connection, self),
+                extensions={
+                    "http_version": b"HTTP/1.1",
+                    "reason_phrase": response.reason.encode("latin-1"),
+                },
+            )
         except BaseException:
             connection.close()
             raise
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.getheaders(),
-            stream=_Body(response, connection, self),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason.encode()},
-        )
 
     @staticmethod
     def _send(connection: _Connection, request: httpx.Request) -> None:

@@ -143,6 +143,18 @@ def error_message_from(response: httpx.Response) -> str:
     return json.dumps(body)[:300]
 
 
+def _head(chunks: Iterator[bytes], limit: int = MAX_RESPONSE_BYTES) -> bytes:
+    """At most `limit` bytes of a body: an error answer is read for its message only, however
+    long the service makes it (an operation's answer is not capped on the way in)."""
+    kept, size = [], 0
+    for chunk in chunks:
+        kept.append(chunk[: limit - size])
+        size += len(kept[-1])
+        if size >= limit:
+            break
+    return b"".join(kept)
+
+
 def _may_have_arrived(error: TransientApiError) -> bool:
     """Whether a failed start may still have started a job on the service.
 
@@ -204,7 +216,7 @@ class TrainingApiClient:
             try:
                 chunks = self._chunks(response, deadline, method, url)
                 if response.status_code >= 400:
-                    raise self._refusal(method, url, path, response, b"".join(chunks))
+                    raise self._refusal(method, url, path, response, _head(chunks))
                 try:
                     if method == "GET" and path.startswith("/operations/"):
                         return read_operation_answer(

@@ -167,3 +167,49 @@ def test_a_peer_that_hangs_up_without_answering_is_a_protocol_error() -> None:
             pytest.raises(httpx.RemoteProtocolError),
         ):
             client.get(url)
+
+
+def raw_server(answer: bytes) -> tuple[socket.socket, str]:
+    """A peer that reads the request, sends `answer` as it is, and hangs up."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        peer, _ = listener.accept()
+        peer.recv(65536)
+        peer.sendall(answer)
+        peer.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_body_cut_short_is_a_protocol_error_not_half_an_answer() -> None:
+    listener, url = raw_server(
+        b'HTTP/1.1 200 OK\r\nContent-Length: 38\r\n\r\n{"data": {"status": "runn'
+    )
+    with listener, pytest.raises(httpx.RemoteProtocolError, match="complete message body"):
+        KeepAliveTransport(Deadline()).handle_request(httpx.Request("GET", f"{url}/x")).read()
+
+
+def test_a_training_answer_cut_short_is_a_transient_error() -> None:
+    from ktrdr_tasks.errors import TransientApiError
+    from ktrdr_tasks.training_api import TrainingApiClient
+
+    listener, url = raw_server(
+        b'HTTP/1.1 200 OK\r\nContent-Length: 90\r\n\r\n{"success": true, "data": {"status"'
+    )
+    with listener, pytest.raises(TransientApiError):
+        TrainingApiClient(url, timeout_s=2.0).get_operation("op_training_1")
+
+
+def test_a_header_outside_ascii_arrives_as_sent() -> None:
+    listener, url = raw_server(
+        b"HTTP/1.1 400 Bad Request\r\nX-Msg: Ung\xfcltig\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    with listener:
+        response = KeepAliveTransport(Deadline()).handle_request(httpx.Request("GET", url))
+        response.read()
+    assert response.status_code == 400
+    assert response.headers.raw[0] == (b"X-Msg", b"Ung\xfcltig")

@@ -559,3 +559,20 @@ def test_only_a_start_that_may_have_reached_the_service_is_looked_up(
 
     assert client_for(handler).start_training(REQUEST) == REQUEST.task_id
     assert seen == (["POST", "GET"] if looked_up else ["POST", "POST"])
+
+
+def test_an_endless_error_answer_to_a_poll_is_read_only_for_its_message() -> None:
+    sent: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        while len(sent) < 64:  # 64 MiB, were it read to its end
+            sent.append(1)
+            yield b'{"detail": "gone"}' + b" " * (1024 * 1024 - 18)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, content=endless())
+
+    client = TrainingApiClient("http://trainer", transport=httpx.MockTransport(handler))
+    with pytest.raises(OperationNotFoundError, match="gone"):
+        client.get_operation("op_training_1")
+    assert len(sent) <= training_api.MAX_RESPONSE_BYTES // (1024 * 1024) + 1
