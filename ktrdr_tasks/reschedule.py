@@ -148,6 +148,10 @@ def _republish(task: Task, countdown: float) -> None:
     headers["lang"] = headers["lang"] or "py"
     headers["task"] = headers["task"] or task.name
     headers["timelimit"] = headers["timelimit"] or [None, None]
+    if headers["argsrepr"] is None:  # a message from a sender that left them out
+        headers["argsrepr"] = saferepr(tuple(request.args), app.amqp.argsrepr_maxsize)
+    if headers["kwargsrepr"] is None:
+        headers["kwargsrepr"] = saferepr(request.kwargs, app.amqp.kwargsrepr_maxsize)
     headers["retries"] = (request.retries or 0) + 1
     headers["eta"] = (datetime.now(UTC) + timedelta(seconds=countdown)).isoformat()
     body = (

@@ -576,3 +576,22 @@ def test_an_endless_error_answer_to_a_poll_is_read_only_for_its_message() -> Non
     with pytest.raises(OperationNotFoundError, match="gone"):
         client.get_operation("op_training_1")
     assert len(sent) <= training_api.MAX_RESPONSE_BYTES // (1024 * 1024) + 1
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503, json={"detail": "busy"})
+
+    client = TrainingApiClient(
+        "https://ktrdr:s3cret@trainer:8000", transport=httpx.MockTransport(handler)
+    )
+    with pytest.raises(TransientApiError) as refused:
+        client.get_operation("op_training_1")
+
+    [request] = seen
+    assert request.headers["authorization"] == "Basic a3RyZHI6czNjcmV0"  # ktrdr:s3cret
+    assert str(request.url) == "https://trainer:8000/api/v1/operations/op_training_1"
+    assert "s3cret" not in str(refused.value) and client.base_url == "https://trainer:8000"
