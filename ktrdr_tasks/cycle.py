@@ -302,7 +302,7 @@ def run_poll_training(services: Services, operation: Operation) -> Outcome:
         remote = services.client.get_operation(training_id)
     except OperationNotFoundError:
         return Fail(
-            f"training service at {settings.api_url} no longer knows training {training_id} "
+            f"training service at {settings.safe_api_url()} no longer knows training {training_id} "
             "(it may have restarted); start a new cycle",
             metadata={"training_status": "not_found"},
         )
@@ -461,7 +461,7 @@ def run_poll_backtest(services: Services, operation: Operation) -> Outcome:
         remote = services.client.get_operation(backtest_id)
     except OperationNotFoundError:
         return Fail(
-            f"training service at {settings.api_url} no longer knows backtest {backtest_id} "
+            f"training service at {settings.safe_api_url()} no longer knows backtest {backtest_id} "
             "(it may have restarted); start a new cycle",
             metadata={"backtest_status": "not_found"},
         )

@@ -253,7 +253,7 @@ def _spend_error_budget(
         return Fail(
             f"{step.label} failed {errors} times in a row "
             f"(KTRDR_POLL_MAX_ERRORS={settings.poll_max_errors}): {exc}; "
-            f"check that the training API at {settings.api_url} is up"
+            f"check that the training API at {settings.safe_api_url()} is up"
         )
     if not services.store.update(
         operation.operation_id, bookkeeping={"transient_errors": errors, "last_error": str(exc)}

@@ -314,6 +314,10 @@ class Settings(BaseSettings):
         """The Redis URL with any password masked, for logs and messages."""
         return _mask_credentials(self.redis_url)
 
+    def safe_api_url(self) -> str:
+        """The training API's URL with any password masked, for logs and messages."""
+        return _mask_credentials(self.api_url)
+
 
 def _field_names(model: type[BaseSettings], location: str) -> tuple[str | None, list[str]]:
     """The field an error location means (a field or one of its variables) and its variables."""

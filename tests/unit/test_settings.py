@@ -230,3 +230,8 @@ def test_host_settings_errors_are_described_the_same_way(monkeypatch: pytest.Mon
     assert describe_validation_error(caught.value, HostSettings).startswith(
         "KTRDR_HOST_PORT: Input should be less than or equal to 65535 (got '99999')"
     )
+
+
+def test_the_api_url_shown_in_messages_hides_its_password() -> None:
+    settings = Settings(api_url="https://ktrdr:s3cret@trainer:8000")
+    assert settings.safe_api_url() == "https://ktrdr:***@trainer:8000"
