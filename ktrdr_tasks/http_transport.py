@@ -19,6 +19,7 @@ JSON requests to one origin, so this transport keeps only what they need:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import select
@@ -118,15 +119,9 @@ class _Body(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         response = self._response
-        try:
+        with _as_httpx(httpx.ReadTimeout, httpx.ReadError, "reading the answer"):
             while chunk := response.read1(READ_CHUNK):
                 yield chunk
-        except httpx.TimeoutException:
-            raise
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout(str(exc) or "timed out reading the answer") from exc
-        except (http.client.HTTPException, OSError) as exc:
-            raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
         _check_complete(response)
 
     def close(self) -> None:
@@ -159,6 +154,28 @@ class _Body(httpx.SyncByteStream):
         except (httpx.TimeoutException, http.client.HTTPException, OSError):
             return False
         return _read_whole(response)
+
+
+@contextlib.contextmanager
+def _as_httpx(
+    timed_out: type[httpx.TimeoutException],
+    failed: type[httpx.TransportError],
+    what: str,
+    protocol: type[httpx.TransportError] | None = None,
+) -> Iterator[None]:
+    """One stage's socket and `http.client` errors as httpx's: `timed_out` for a timeout,
+    `protocol` (default `failed`) for an answer `http.client` cannot read, `failed` for the
+    rest. A passed deadline is an httpx timeout already."""
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise
+    except TimeoutError as exc:
+        raise timed_out(f"timed out {what}") from exc
+    except http.client.HTTPException as exc:  # RemoteDisconnected too, before OSError
+        raise (protocol or failed)(f"{type(exc).__name__}: {exc}") from exc
+    except OSError as exc:
+        raise failed(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _read_whole(response: http.client.HTTPResponse) -> bool:
@@ -240,7 +257,7 @@ class KeepAliveTransport(httpx.BaseTransport):
 
     def _connect(self, origin: tuple[str, str, int], timeout: float | None) -> _Connection:
         scheme, host, port = origin
-        try:
+        with _as_httpx(httpx.ConnectTimeout, httpx.ConnectError, f"connecting to {host}:{port}"):
             sock = socket.create_connection(
                 (host, port), self._deadline.remaining(timeout, httpx.ConnectTimeout)
             )
@@ -254,12 +271,6 @@ class KeepAliveTransport(httpx.BaseTransport):
                 except BaseException:
                     sock.close()
                     raise
-        except httpx.TimeoutException:
-            raise
-        except TimeoutError as exc:
-            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
-        except OSError as exc:
-            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
         return _Connection(origin, _DeadlineSocket(sock, self._deadline))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -273,7 +284,7 @@ class KeepAliveTransport(httpx.BaseTransport):
         connection.sock.write_timeout = timeouts.get("write")
         try:
             self._send(connection, request)
-            response = self._receive(connection, request)
+            response = self._receive(connection)
             return httpx.Response(
                 status_code=response.status,
                 # http.client decoded them as latin-1; httpx takes bytes as they came.
@@ -294,32 +305,20 @@ class KeepAliveTransport(httpx.BaseTransport):
     @staticmethod
     def _send(connection: _Connection, request: httpx.Request) -> None:
         target = request.url.raw_path.decode("ascii")
-        try:
+        with _as_httpx(httpx.WriteTimeout, httpx.WriteError, "sending the request"):
             conn = connection.http
             conn.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
             for name, value in request.headers.raw:
                 conn.putheader(name.decode("latin-1"), value.decode("latin-1"))
             conn.endheaders(request.read() or None)
-        except httpx.TimeoutException:
-            raise
-        except TimeoutError as exc:
-            raise httpx.WriteTimeout("timed out sending the request") from exc
-        except (http.client.HTTPException, OSError) as exc:
-            raise httpx.WriteError(f"{type(exc).__name__}: {exc}") from exc
 
     @staticmethod
-    def _receive(connection: _Connection, request: httpx.Request) -> http.client.HTTPResponse:
-        try:
-            return connection.http.getresponse()
-        except httpx.TimeoutException:
-            raise
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout("timed out waiting for the answer") from exc
-        except http.client.RemoteDisconnected as exc:
-            raise httpx.RemoteProtocolError(
-                "Server disconnected without sending a response."
-            ) from exc
-        except http.client.HTTPException as exc:
-            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}") from exc
-        except OSError as exc:
-            raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
+    def _receive(connection: _Connection) -> http.client.HTTPResponse:
+        with _as_httpx(
+            httpx.ReadTimeout,
+            httpx.ReadError,
+            "waiting for the answer",
+            protocol=httpx.RemoteProtocolError,  # no status line: hung up, or not HTTP
+        ):
+            response = connection.http.getresponse()
+        return response

@@ -7,8 +7,9 @@ needs none of it (the December 2025 backend's `{"epochs": [...]}` gives the last
 losses, nothing more). So the answer is read as it streams in: every other member is decoded
 with the C scanner, `data.metrics` is skipped by a possessive regex (no objects built) or, when
 it arrives after everything the chain reads (ktrdr's field order), not downloaded at all.
-Pure: no I/O, no HTTP; it takes an iterator of byte chunks and raises `ValueError` with a
-one-line reason.
+An answer of at most `WHOLE_ANSWER_BYTES` (a short training's polls) costs less decoded
+whole, and is. Pure: no I/O, no HTTP; it takes an iterator of byte chunks and raises
+`ValueError` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -173,10 +174,15 @@ class _Stream:
 
 
 def _last_epoch_only(text: str | None) -> dict[str, Any]:
-    """The December 2025 shape `{"epochs": [...]}` reduced to its last epoch; else nothing."""
+    """`_last_epoch_of` the metrics kept as text (None: too long to keep)."""
     if text is None or not text.startswith("{"):
         return {}
-    epochs = json.loads(text).get("epochs")
+    return _last_epoch_of(json.loads(text))
+
+
+def _last_epoch_of(metrics: Any) -> dict[str, Any]:
+    """The December 2025 shape `{"epochs": [...]}` reduced to its last epoch; else nothing."""
+    epochs = metrics.get("epochs") if isinstance(metrics, dict) else None
     return {"epochs": epochs[-1:]} if isinstance(epochs, list) else {}
 
 
@@ -233,9 +239,7 @@ def _reduced(answer: Any) -> Any:
     """A decoded answer with `data.metrics` as the walk leaves it."""
     data = answer.get("data") if isinstance(answer, dict) else None
     if isinstance(data, dict) and "metrics" in data:
-        metrics = data["metrics"]
-        epochs = metrics.get("epochs") if isinstance(metrics, dict) else None
-        data["metrics"] = {"epochs": epochs[-1:]} if isinstance(epochs, list) else {}
+        data["metrics"] = _last_epoch_of(data["metrics"])
     return answer
 
 

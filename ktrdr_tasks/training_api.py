@@ -7,9 +7,9 @@ cycle with the service's own message); 404 on an operation is `OperationNotFound
 
 Every request has a total deadline (`timeout_s`, KTRDR_API_TIMEOUT_S): httpx bounds each read,
 so a peer that drips one byte every 2 s would otherwise hold a request, and a worker slot,
-for ever. The transport (`http_transport`, on `http.client`) keeps it, at a third of the CPU
-of httpx's own. Overrunning it is a `TransientApiError` like any timeout, so it counts against the
-cycle's error budget. Operation answers are read member by member (`operation_answer`):
+for ever. The transport (`http_transport`, on `http.client`) keeps it, at a third of the
+CPU of httpx's own. Overrunning it is a `TransientApiError` like any timeout, so it counts
+against the cycle's error budget. Operation answers are read by `operation_answer`: a long
 `data.metrics`, which grows with every epoch, is never parsed.
 
 Starting and cancelling retry transient errors with backoff inside one call; polls are not
